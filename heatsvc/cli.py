@@ -1,0 +1,52 @@
+"""The `heatsvc` command. Each subcommand lives in the module of its concept, which provides
+`add_arguments(command, parser)` and `run(command, args) -> int`; this file only wires them up.
+
+Everything heatsvc shows is an estimate of liquidation levels: market-risk context, not a forecast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "heatmap": ("heatsvc.local", "compute a heatmap locally (bundled data by default) and print its top zones"),
+    "replay": ("heatsvc.replay", "run the replay exchange: Binance/Bybit/OKX REST dialects on loopback"),
+    "serve": ("heatsvc.service", "serve the heatsvc.v1 gRPC API (--demo: replay data on 127.0.0.1:50051)"),
+    "snapshot": ("heatsvc.client", "ask a server for one view and print its summary (or write JSON)"),
+    "zones": ("heatsvc.client", "ask a server for a view's ranked zones"),
+    "watch": ("heatsvc.client", "subscribe to a view and redraw its zones on every update"),
+    "render": ("heatsvc.render", "draw a heatmap or liquidation map as PNG"),
+}
+DISCLAIMER = "Liquidation heatmaps are estimates: market-risk context, never a price forecast."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="heatsvc", description=__doc__.split("\n\n")[0] + " " + DISCLAIMER)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:  # a module being built may be absent; the others still work
+            if exc.name != module:
+                raise
+            continue
+        command = sub.add_parser(name, help=help_text, description=f"{help_text}. {DISCLAIMER}")
+        mod.add_arguments(name, command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args.command, args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except ValueError as exc:
+        print(f"heatsvc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Bundled recorded market data (gzip CSV); see heatsvc.datasets."""
