@@ -132,3 +132,41 @@ def synthetic_bars(symbol: str = "BTCUSDT", exchange: str = "binance", *, days: 
     return {"time_ms": t, "open": open_, "high": high, "low": low, "close": close,
             "volume": volume, "taker_buy_volume": taker, "quote_volume": quote,
             "open_interest": oi, "long_short_ratio": ratio}
+
+
+def load(spec: str, *, end_ms: int | None = None) -> tuple[str, dict[str, np.ndarray]]:
+    """Bars named by a --data option: "recorded" (binance:HYPEUSDT), "synthetic:SYMBOL[:EXCHANGE]",
+    or a .npz / .csv file with heatsvc.bars field names. Bars at or after end_ms are left out.
+
+    Returns (market name, bars)."""
+    if spec == "recorded":
+        market, bars = f"binance:{RECORDED_SYMBOL}", recorded_bars()
+    elif spec.startswith("synthetic:"):
+        parts = spec.split(":")
+        symbol = parts[1] if len(parts) > 1 and parts[1] else "BTCUSDT"
+        exchange = parts[2] if len(parts) > 2 else "binance"
+        if exchange not in EXCHANGE_SCALE:
+            raise ValueError(f"--data {spec}: exchange {exchange!r} is unknown; use one of {', '.join(EXCHANGE_SCALE)}")
+        market, bars = f"{exchange}:{symbol}", synthetic_bars(symbol, exchange)
+    elif spec.endswith(".npz"):
+        try:
+            with np.load(spec) as f:
+                bars = {k: f[k] for k in f.files}
+        except OSError as exc:
+            raise ValueError(f"--data {spec}: {exc}") from None
+        market = spec
+    elif spec.endswith(".csv"):
+        try:
+            table = np.genfromtxt(spec, delimiter=",", names=True, dtype=None, encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"--data {spec}: {exc}") from None
+        bars = {k: np.asarray(table[k]) for k in table.dtype.names}
+        market = spec
+    else:
+        raise ValueError(f"--data {spec!r}: use 'recorded', 'synthetic:SYMBOL[:EXCHANGE]', or a .npz/.csv file")
+    if end_ms is not None and "time_ms" in bars:
+        keep = np.asarray(bars["time_ms"]) < end_ms
+        if not keep.any():
+            raise ValueError(f"--data {spec}: no bars before the given end")
+        bars = {k: np.asarray(v)[keep] for k, v in bars.items()}
+    return market, bars

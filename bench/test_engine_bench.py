@@ -1,0 +1,54 @@
+"""Kernel benchmarks (pytest-benchmark): the three backends on one seeded synthetic year of 5-minute
+bars, 400 rows x 288 columns, and all nine lookbacks back to back. Run with the README's command;
+`python bench/report.py FILE.json` turns the results into the README's table."""
+from __future__ import annotations
+
+import pytest
+
+from heatsvc import bars as barlib
+from heatsvc import datasets, engine
+
+ROWS, COLUMNS = 400, 288
+# the python backend loops over every cell of the book on every bar: only the shortest view is reasonable
+CASES = [(b, lb) for b in ("cython", "numpy") for lb in ("1d", "7d", "3M", "1Y")] + [("python", "1d")]
+
+
+@pytest.fixture(scope="module")
+def market():
+    return barlib.check(datasets.synthetic_bars("BTCUSDT", "binance", days=365, seed=20251010))
+
+
+@pytest.mark.parametrize("backend, lookback", CASES, ids=[f"{b}-{lb}" for b, lb in CASES])
+def test_view(benchmark, market, backend, lookback):
+    benchmark.group = f"view {lookback}"
+    benchmark.extra_info.update(backend=backend, lookback=lookback,
+                                bars=engine.LOOKBACKS[lookback] // barlib.STEP_MS)
+    slow = backend != "cython"
+    run = lambda: engine.compute_heatmap(market, lookback=lookback, rows=ROWS, columns=COLUMNS,  # noqa: E731
+                                         backend=backend)
+    heatmap = benchmark.pedantic(run, rounds=3 if slow else 30, iterations=1, warmup_rounds=0 if slow else 2)
+    assert heatmap.long.shape == (ROWS, COLUMNS) and heatmap.balance.deposited > 0
+
+
+def test_nine_lookbacks(benchmark, market):
+    benchmark.group = "nine lookbacks"
+    benchmark.extra_info.update(backend="cython", lookback="all nine",
+                                bars=sum(engine.LOOKBACKS.values()) // barlib.STEP_MS)
+
+    def run():
+        return [engine.compute_heatmap(market, lookback=lb, rows=ROWS, columns=COLUMNS) for lb in engine.LOOKBACKS]
+
+    heatmaps = benchmark.pedantic(run, rounds=20, iterations=1, warmup_rounds=1)
+    assert len(heatmaps) == 9
+
+
+def test_kernel_only_1y(benchmark, market):
+    """The kernel alone on the 1Y view, without validation and view set-up: what bounds the whole."""
+    from heatsvc import _kernel
+    benchmark.group = "view 1Y"
+    benchmark.extra_info.update(backend="cython kernel only", lookback="1Y", bars=engine.LOOKBACKS["1Y"] // barlib.STEP_MS)
+    span = engine.LOOKBACKS["1Y"]
+    view = engine._prepare(market, end_ms=int(market["time_ms"][-1]), span_ms=span, columns=COLUMNS, rows=ROWS,
+                           price_range=None, params=engine.ModelParams(), per_tier=False)
+    out = benchmark.pedantic(_kernel.evolve_view, args=(view,), rounds=30, iterations=1, warmup_rounds=2)
+    assert out["long"].shape == (ROWS, COLUMNS)
