@@ -70,6 +70,14 @@ def invalid_rows(b: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     NaN is 'missing' for open_interest and the optional fields, invalid everywhere else.
     """
     o, h, lo, c = (b[f] for f in PRICES)
+    with np.errstate(invalid="ignore"):
+        # fast path: low > 0, high finite and low <= open, close <= high imply every price rule
+        ok = (lo > 0) & (h < np.inf) & (lo <= np.minimum(o, c)) & (h >= np.maximum(o, c))
+        ok &= (b["volume"] >= 0) & (b["volume"] < np.inf)
+        for name in ("taker_buy_volume", "quote_volume", "open_interest"):
+            ok &= ~((b[name] < 0) | (b[name] == np.inf))
+    if ok.all():
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=object)
     checks = []
     with np.errstate(invalid="ignore"):
         for name in PRICES:
@@ -81,7 +89,7 @@ def invalid_rows(b: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         checks.append(("volume", ~((v >= 0) & (v < np.inf))))
         for name in ("taker_buy_volume", "quote_volume", "open_interest"):
             x = b[name]
-            checks.append((name, (x < 0) | np.isinf(x)))
+            checks.append((name, (x < 0) | (x == np.inf)))
     bad = checks[0][1].copy()
     for _, mask in checks[1:]:
         bad |= mask
@@ -110,7 +118,13 @@ def describe(b: Mapping[str, np.ndarray], row: int, field: str) -> str:
 
 def check(bars: Mapping[str, np.ndarray], *, market: str = "bars", step_ms: int = STEP_MS) -> dict[str, np.ndarray]:
     """Normalise and validate bars; raise ValueError naming market, time and field of the first bad one."""
-    b = normalize(bars)
+    b = check_times(normalize(bars), market=market, step_ms=step_ms)
+    check_values(b, market=market)
+    return b
+
+
+def check_times(b: dict[str, np.ndarray], *, market: str, step_ms: int) -> dict[str, np.ndarray]:
+    """Times must be step-aligned and strictly increasing."""
     t = b["time_ms"]
     if len(t) == 0:
         raise ValueError(f"{market}: no bars")
@@ -124,8 +138,12 @@ def check(bars: Mapping[str, np.ndarray], *, market: str = "bars", step_ms: int 
         i = order[0] + 1
         raise ValueError(f"{market} bar {format_time(t[i])}: time_ms is not strictly increasing "
                          f"(follows {format_time(t[i - 1])})")
+    return b
+
+
+def check_values(b: Mapping[str, np.ndarray], *, market: str) -> None:
+    """Raise ValueError naming market, time and field of the first bar that breaks MODEL.md section 1."""
     rows, fields = invalid_rows(b)
     if len(rows):
         i = int(rows[0])
-        raise ValueError(f"{market} bar {format_time(t[i])}: {describe(b, i, fields[0])}")
-    return b
+        raise ValueError(f"{market} bar {format_time(b['time_ms'][i])}: {describe(b, i, fields[0])}")

@@ -217,10 +217,18 @@ def _default_range(window: dict[str, np.ndarray], mu: float) -> tuple[float, flo
     return float(window["low"].min()) * (1 - mu), float(window["high"].max()) * (1 + mu)
 
 
-def _prepare(b, *, end_ms, span_ms, columns, rows, price_range, params, per_tier) -> View:
+def _checked(bars, market: str, step_ms: int) -> dict[str, np.ndarray]:
+    """Normalised bars with checked times; their values are checked where they reach the model."""
+    return barlib.check_times(barlib.normalize(bars), market=market, step_ms=step_ms)
+
+
+def _prepare(b, *, end_ms, span_ms, columns, rows, price_range, params, per_tier, market="bars") -> View:
     step = params.step_ms
     start_ms, i0, i1, oi_prev = _window(b, end_ms, span_ms, step)
     window = {k: v[i0:i1] for k, v in b.items()}
+    barlib.check_values(window, market=market)
+    if oi_prev < 0:
+        raise ValueError(f"{market}: open_interest before the window is negative ({oi_prev:g})")
     slots = span_ms // step
     per_col = -(-slots // columns)
     ncols = -(-slots // per_col)
@@ -305,13 +313,14 @@ def compute_heatmap(bars: Mapping[str, np.ndarray], *, lookback: str | timedelta
 
     `bars` maps the field names of heatsvc.bars.FIELDS to equal-length arrays. With
     include_partial=False the newest bar is taken as still forming and left out. Bad input raises
-    ValueError naming the field (and for bars, the market and time).
+    ValueError naming the field (and for bars, the market and time); bar values are checked for
+    every bar that reaches the model (the window), times for all bars.
     """
     params, span, price_range = _setup(lookback, columns, rows, price_range, params, backend)
-    b = _included(barlib.check(bars, market=market, step_ms=params.step_ms), include_partial, market)
+    b = _included(_checked(bars, market, params.step_ms), include_partial, market)
     end_ms = int(b["time_ms"][-1])
     view = _prepare(b, end_ms=end_ms, span_ms=span, columns=columns, rows=rows,
-                    price_range=price_range, params=params, per_tier=per_tier)
+                    price_range=price_range, params=params, per_tier=per_tier, market=market)
     return _finish(view, _run(view, backend), span, end_ms, float(b["close"][-1]), (market,))
 
 
@@ -328,8 +337,7 @@ def compute_aggregate(bars_by_market: Mapping[str, Mapping[str, np.ndarray]], *,
     if not bars_by_market:
         raise ValueError("bars_by_market: at least one market is required")
     params, span, price_range = _setup(lookback, columns, rows, price_range, params, backend)
-    checked = {m: _included(barlib.check(b, market=m, step_ms=params.step_ms), include_partial, m)
-               for m, b in bars_by_market.items()}
+    checked = {m: _included(_checked(b, m, params.step_ms), include_partial, m) for m, b in bars_by_market.items()}
     end_ms = max(int(b["time_ms"][-1]) for b in checked.values())
     if price_range is None:
         ranges = []
@@ -341,9 +349,9 @@ def compute_aggregate(bars_by_market: Mapping[str, Mapping[str, np.ndarray]], *,
             raise ValueError("the window holds no bars in any market")
         price_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
     results = []
-    for b in checked.values():
+    for market, b in checked.items():
         view = _prepare(b, end_ms=end_ms, span_ms=span, columns=columns, rows=rows,
-                        price_range=price_range, params=params, per_tier=per_tier)
+                        price_range=price_range, params=params, per_tier=per_tier, market=market)
         results.append(_run(view, backend))
     total = {key: sum(r[key] for r in results) for key in ("long", "short", "swept_long", "swept_short",
                                                            "off_range_long", "off_range_short")}

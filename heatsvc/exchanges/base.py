@@ -1,0 +1,274 @@
+"""What every exchange client shares: one pooled HTTP client, retries with capped jittered
+backoff, rate-limit pacing and ban handling, and validation of bars at the door.
+
+A client answers in engine bars (heatsvc.bars field names). Rows that break MODEL.md section 1
+are dropped, logged with exchange, symbol, time and field, and counted; the rest is kept.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+
+import httpx
+import numpy as np
+
+from ..bars import FIELDS, STEP_MS, describe, format_time, invalid_rows, normalize
+
+log = logging.getLogger("heatsvc.exchanges")
+
+DAY_MS = 86_400_000
+
+
+class ExchangeError(Exception):
+    """The exchange refused a request for a reason retrying will not fix (bad symbol, bad parameter)."""
+
+    def __init__(self, exchange: str, message: str, *, status: int | None = None, code: str | int | None = None):
+        super().__init__(f"{exchange}: {message}")
+        self.exchange, self.status, self.code = exchange, status, code
+
+
+class ExchangeUnavailable(Exception):
+    """The exchange did not answer usefully after every retry, or it has banned us for now."""
+
+    def __init__(self, exchange: str, message: str, *, banned_until: float | None = None):
+        super().__init__(f"{exchange}: {message}")
+        self.exchange, self.banned_until = exchange, banned_until
+
+
+class Retry(Exception):
+    """One attempt failed in a way worth retrying; `wait_s` overrides the backoff when set."""
+
+    def __init__(self, reason: str, wait_s: float | None = None):
+        super().__init__(reason)
+        self.wait_s = wait_s
+
+
+class RateWindow:
+    """At most `limit` requests in any `period_s` seconds (a client-side sliding window)."""
+
+    def __init__(self, limit: int, period_s: float):
+        self.limit, self.period_s = limit, period_s
+        self.sent: deque[float] = deque()
+
+    async def acquire(self) -> None:
+        while True:
+            now = time.monotonic()
+            while self.sent and now - self.sent[0] >= self.period_s:
+                self.sent.popleft()
+            if len(self.sent) < self.limit:
+                self.sent.append(now)
+                return
+            await asyncio.sleep(self.period_s - (now - self.sent[0]) + 0.001)
+
+
+def retry_after(response: httpx.Response, default: float) -> float:
+    """Seconds the server asked us to wait (Retry-After), else `default`."""
+    value = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else default
+    except ValueError:
+        return default
+
+
+class ExchangeClient:
+    """Base of the Binance, Bybit and OKX clients: transport, retries, pacing, validation."""
+
+    name = "exchange"
+    default_base_url = ""
+
+    def __init__(self, base_url: str | None = None, *, timeout_s: float = 10.0, max_retries: int = 6,
+                 backoff_s: float = 0.5, backoff_cap_s: float = 30.0, max_wait_s: float = 60.0,
+                 ban_probe_s: float = 30.0, ban_cap_s: float = 900.0, now_ms: Callable[[], int] | None = None, seed: int | None = None):
+        self.base_url = (base_url or self.default_base_url).rstrip("/")
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)),
+                                      limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+                                      headers={"User-Agent": "heatsvc/0.1"})
+        self.max_retries, self.backoff_s, self.backoff_cap_s = max_retries, backoff_s, backoff_cap_s
+        self.max_wait_s = max_wait_s
+        self.now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self.random = random.Random(seed)
+        self.banned_until = 0.0          # time.monotonic() before which we send nothing
+        self.ban_probe_s, self.ban_cap_s = ban_probe_s, ban_cap_s
+        self.bans = 0                    # bans in a row (a ban without Retry-After waits longer each time)
+        self.requests: Counter[str] = Counter()   # answered requests per path
+        self.retries: Counter[str] = Counter()    # why attempts were retried
+        self.rejected: Counter[str] = Counter()   # invalid rows dropped per symbol
+        self.last_problem: str | None = None
+
+    # ----- transport -----------------------------------------------------------------------
+    @property
+    def degraded(self) -> bool:
+        """True while a ban (HTTP 418/403) is being waited out."""
+        return time.monotonic() < self.banned_until
+
+    def backoff(self, attempt: int) -> float:
+        """Capped exponential backoff with full jitter over its upper half."""
+        ceiling = min(self.backoff_cap_s, self.backoff_s * 2 ** attempt)
+        return ceiling * (0.5 + 0.5 * self.random.random())
+
+    async def pace(self, path: str, weight: int) -> None:
+        """Wait, if needed, so that this request stays within the exchange's limits."""
+
+    def observe(self, path: str, response: httpx.Response) -> None:
+        """Learn from the response's rate-limit headers."""
+
+    def check_body(self, path: str, response: httpx.Response, body):
+        """The payload of a decoded answer; raise ExchangeError or Retry on an error envelope."""
+        return body
+
+    async def request(self, path: str, params: Mapping | None = None, *, weight: int = 1,
+                      url: str | None = None, raw: bool = False, max_bytes: int | None = None):
+        """GET base_url + path, retrying what is worth retrying; returns the decoded payload
+        (or the body bytes when raw). Raises ExchangeError (permanent) or ExchangeUnavailable."""
+        target = (url or self.base_url) + path
+        last = "no attempt"
+        for attempt in range(self.max_retries + 1):
+            if self.degraded:
+                raise ExchangeUnavailable(self.name, f"banned for {self.banned_until - time.monotonic():.0f} s "
+                                          f"more ({self.last_problem})", banned_until=self.banned_until)
+            await self.pace(path, weight)
+            wait = None
+            try:
+                response = await self.http.get(target, params=params)
+                self.requests["archive" if url else path] += 1
+                self.observe(path, response)
+                return self.answer(path, response, raw=raw, max_bytes=max_bytes)
+            except Retry as exc:
+                last, wait = str(exc), exc.wait_s
+            except httpx.TimeoutException as exc:
+                last = f"timeout ({type(exc).__name__})"
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                last = f"transport error: {type(exc).__name__}: {exc}"
+            self.retries[last.split(":")[0].split(" (")[0]] += 1
+            self.last_problem = f"{path}: {last}"
+            if attempt == self.max_retries:
+                break
+            delay = self.backoff(attempt) if wait is None else min(wait, self.max_wait_s)
+            log.info("%s %s: %s; retry %d in %.2f s", self.name, path, last, attempt + 1, delay)
+            await asyncio.sleep(delay)
+        raise ExchangeUnavailable(self.name, f"{path}: gave up after {self.max_retries + 1} attempts: {last}")
+
+    def answer(self, path: str, response: httpx.Response, *, raw: bool, max_bytes: int | None):
+        """Turn one HTTP answer into a payload, a Retry, an ExchangeError or an ExchangeUnavailable."""
+        status = response.status_code
+        if status in (418, 403):
+            # Without Retry-After (Bybit's 403) probe again after a wait that doubles with each ban.
+            ban = retry_after(response, min(self.ban_cap_s, self.ban_probe_s * 2 ** self.bans))
+            self.bans += 1
+            self.banned_until = time.monotonic() + ban
+            self.last_problem = f"{path}: HTTP {status} ({'IP ban' if status == 418 else 'forbidden / WAF'})"
+            log.warning("%s: HTTP %d on %s; sending nothing for %.0f s", self.name, status, path, ban)
+            raise ExchangeUnavailable(self.name, f"HTTP {status} on {path}; waiting {ban:.0f} s",
+                                      banned_until=self.banned_until)
+        self.bans = 0
+        if status == 429:
+            raise Retry("rate limited (HTTP 429)", retry_after(response, self.backoff_s * 4))
+        if status >= 500:
+            raise Retry(f"server error (HTTP {status})")
+        if raw:
+            if status == 404:
+                return None
+            if status != 200:
+                raise ExchangeError(self.name, f"{path}: HTTP {status}", status=status)
+            if max_bytes is not None and len(response.content) > max_bytes:
+                raise ExchangeError(self.name, f"{path}: answer of {len(response.content)} bytes exceeds "
+                                    f"{max_bytes}", status=status)
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) != len(response.content):
+                raise Retry("truncated body")
+            return response.content
+        try:
+            body = response.json()
+        except ValueError:
+            raise Retry(f"malformed body (HTTP {status}, {len(response.content)} bytes)") from None
+        return self.check_body(path, response, body)
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self.http.aclose()
+
+    # ----- the public face (each exchange implements these) --------------------------------
+    async def fetch_bars(self, symbol: str, start_ms: int, end_ms: int) -> dict[str, np.ndarray]:
+        """Closed bars whose open time is in [start_ms, end_ms), validated, sorted, one per time."""
+        raise NotImplementedError
+
+    async def fetch_live(self, symbol: str) -> tuple[dict[str, np.ndarray], float, float]:
+        """(bars holding the forming bar, possibly empty; current open interest; mark price)."""
+        raise NotImplementedError
+
+    async def check_symbol(self, symbol: str) -> None:
+        """Raise ExchangeError naming the symbol unless the exchange trades it as a linear perpetual."""
+        raise NotImplementedError
+
+    # ----- building bars -------------------------------------------------------------------
+    def bars(self, symbol: str, rows: Mapping[str, Sequence], start_ms: int, end_ms: int) -> dict[str, np.ndarray]:
+        """Engine bars from parsed columns: keep times in [start_ms, end_ms) on the 5-minute grid,
+        absorb duplicates and disorder (last row of a time wins), drop and log invalid rows."""
+        b = normalize({f: np.asarray(rows[f], dtype=np.int64 if f == "time_ms" else np.float64)
+                       for f in FIELDS if f in rows})
+        t = b["time_ms"]
+        keep = (t >= start_ms) & (t < end_ms) & (t % STEP_MS == 0)
+        if not keep.all():
+            b = {f: v[keep] for f, v in b.items()}
+            t = b["time_ms"]
+        if len(t) == 0:
+            return b
+        order = np.argsort(t, kind="stable")
+        _, last = np.unique(t[order][::-1], return_index=True)
+        pick = order[len(t) - 1 - last]
+        b = {f: v[pick] for f, v in b.items()}
+        return self.drop_invalid(symbol, b)
+
+    def drop_invalid(self, symbol: str, b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Remove rows that break MODEL.md section 1, logging and counting each one."""
+        rows, fields = invalid_rows(b)
+        if len(rows) == 0:
+            return b
+        for i, field in zip(rows, fields):
+            log.warning("%s:%s bar %s rejected: %s", self.name, symbol, format_time(b["time_ms"][i]),
+                        describe(b, int(i), field))
+        self.rejected[symbol] += len(rows)
+        keep = np.ones(len(b["time_ms"]), dtype=bool)
+        keep[rows] = False
+        return {f: v[keep] for f, v in b.items()}
+
+    def reject(self, symbol: str, time_ms: int | None, field: str, why: str) -> None:
+        """Log and count one row that could not even be parsed."""
+        when = format_time(time_ms) if time_ms is not None else "?"
+        log.warning("%s:%s bar %s rejected: %s %s", self.name, symbol, when, field, why)
+        self.rejected[symbol] += 1
+
+
+def number(value) -> float:
+    """A float from an exchange's string or number; '' and None are missing (NaN)."""
+    if value is None or value == "":
+        return float("nan")
+    return float(value)
+
+
+def windows(start_ms: int, end_ms: int, bars_per_call: int) -> list[tuple[int, int]]:
+    """Split [start_ms, end_ms) into consecutive windows of at most bars_per_call bars."""
+    span = bars_per_call * STEP_MS
+    return [(s, min(s + span, end_ms)) for s in range(start_ms, end_ms, span)]
+
+
+def join_by_time(t: np.ndarray, times: Sequence[int], values: Sequence[float]) -> np.ndarray:
+    """Values placed at their matching bar times in t (NaN where none); later entries win."""
+    out = np.full(len(t), np.nan)
+    if len(t) == 0 or len(times) == 0:
+        return out
+    times = np.asarray(times, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    at = np.searchsorted(t, times)
+    ok = (at < len(t)) & (t[np.minimum(at, len(t) - 1)] == times) & ~np.isnan(values)
+    out[at[ok]] = values[ok]
+    return out
+
+
+def align_down(ms: int) -> int:
+    """The open time of the 5-minute bar containing ms."""
+    return int(ms) // STEP_MS * STEP_MS

@@ -1,0 +1,267 @@
+"""Binance USD-M futures: klines, open-interest and top-trader statistics, and the daily metrics
+archive (data.binance.vision) for open interest older than the API's 30 days.
+
+A statistics row stamped X (API `timestamp` or archive `create_time`) is the snapshot at the END of
+the bar that opens at X - 5 min. Request weights follow Binance's table; the used weight comes
+back in X-MBX-USED-WEIGHT-1M and we pause before reaching the per-minute limit.
+"""
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import time
+import zipfile
+import zlib
+from datetime import datetime, timezone
+
+import httpx
+import numpy as np
+
+from ..bars import STEP_MS
+from ..datasets import metrics_time_ms
+from .base import (DAY_MS, ExchangeClient, ExchangeError, RateWindow, Retry, align_down, join_by_time,
+                   number, windows)
+
+log = logging.getLogger("heatsvc.exchanges")
+
+KLINES_PER_CALL = 1500
+STATS_PER_CALL = 500
+STATS_DAYS = 30                    # openInterestHist / topLongShortPositionRatio keep ~30 days
+STATS_MARGIN_MS = 3_600_000        # ask the archive for the last hour before that edge
+ARCHIVE_MAX_BYTES = 8 << 20        # one day of metrics is ~30 kB; anything near this is hostile
+ARCHIVE_PATH = "/data/futures/um/daily/metrics/{s}/{s}-metrics-{d}.zip"
+
+
+def kline_weight(limit: int) -> int:
+    """Request weight of /fapi/v1/klines for a given limit (Binance's table)."""
+    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+
+
+def read_metrics_archive(data: bytes, max_bytes: int = ARCHIVE_MAX_BYTES) -> list[dict[str, str]]:
+    """Rows of one daily metrics zip. Refuses archives that would inflate beyond max_bytes,
+    whatever their headers claim (each member is read with a hard cap)."""
+    rows: list[dict[str, str]] = []
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        members = [i for i in zf.infolist() if not i.is_dir()]
+        if sum(i.file_size for i in members) > max_bytes:
+            raise ExchangeError("binance", f"metrics archive would inflate to more than {max_bytes} bytes")
+        budget = max_bytes
+        for info in members:
+            with zf.open(info) as member:
+                text = member.read(budget + 1)
+            if len(text) > budget:
+                raise ExchangeError("binance", f"metrics archive inflates beyond {max_bytes} bytes")
+            budget -= len(text)
+            lines = text.decode("utf-8").splitlines()
+            if lines and not lines[0].startswith("create_time"):
+                lines.insert(0, "create_time,symbol,sum_open_interest,sum_open_interest_value,"
+                                "count_toptrader_long_short_ratio,sum_toptrader_long_short_ratio,"
+                                "count_long_short_ratio,sum_taker_long_short_vol_ratio")
+            rows.extend(csv.DictReader(lines))
+    return rows
+
+
+def positive(value) -> float:
+    """A statistic from the archive: zero or empty means missing, not zero."""
+    x = number(value)
+    return x if x > 0 else float("nan")
+
+
+class BinanceClient(ExchangeClient):
+    """Binance USD-M futures REST (fapi) plus the public data archive."""
+
+    name = "binance"
+    default_base_url = "https://fapi.binance.com"
+    default_archive_url = "https://data.binance.vision"
+
+    def __init__(self, base_url: str | None = None, *, archive_url: str | None = None,
+                 weight_limit: int = 2400, weight_safety: float = 0.8, **kw):
+        super().__init__(base_url, **kw)
+        self.archive_url = (archive_url or self.default_archive_url).rstrip("/")
+        self.weight_limit, self.weight_safety = weight_limit, weight_safety
+        self.used_weight = 0
+        self.weight_minute = 0
+        self.max_used_weight = 0           # highest X-MBX-USED-WEIGHT-1M seen (reporting)
+        self.stats_window = RateWindow(1000, 300.0)   # /futures/data: 1000 requests per 5 min per IP
+        self._symbols: set[str] | None = None
+        self._archive_cache: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
+
+    # ----- rate limits ---------------------------------------------------------------------
+    async def pace(self, path: str, weight: int) -> None:
+        if path.startswith("/futures/data/"):
+            await self.stats_window.acquire()
+            return
+        if weight == 0:
+            return
+        while True:
+            minute = int(time.time() // 60)
+            if minute != self.weight_minute:
+                self.weight_minute, self.used_weight = minute, 0
+            if self.used_weight + weight <= self.weight_limit * self.weight_safety:
+                self.used_weight += weight
+                return
+            wait = (minute + 1) * 60 - time.time() + 0.05
+            log.info("binance: used weight %d of %d this minute; pausing %.1f s", self.used_weight,
+                     self.weight_limit, wait)
+            await asyncio.sleep(wait)
+
+    def observe(self, path: str, response: httpx.Response) -> None:
+        used = response.headers.get("X-MBX-USED-WEIGHT-1M")
+        if used is not None and used.isdigit():
+            self.weight_minute = int(time.time() // 60)
+            self.used_weight = int(used)
+            self.max_used_weight = max(self.max_used_weight, int(used))
+
+    def check_body(self, path: str, response: httpx.Response, body):
+        if response.status_code != 200 or (isinstance(body, dict) and isinstance(body.get("code"), int)
+                                           and body["code"] < 0):
+            code = body.get("code") if isinstance(body, dict) else None
+            msg = body.get("msg") if isinstance(body, dict) else str(body)[:200]
+            if code == -1003:
+                raise Retry("rate limited (code -1003)")
+            raise ExchangeError(self.name, f"{path}: HTTP {response.status_code} code {code}: {msg}",
+                                status=response.status_code, code=code)
+        return body
+
+    # ----- public face ---------------------------------------------------------------------
+    async def check_symbol(self, symbol: str) -> None:
+        if self._symbols is None:
+            info = await self.request("/fapi/v1/exchangeInfo", weight=1)
+            self._symbols = {s["symbol"] for s in info.get("symbols", [])
+                             if s.get("status") == "TRADING" and s.get("contractType") == "PERPETUAL"}
+        if symbol not in self._symbols:
+            raise ExchangeError(self.name, f"symbol {symbol!r} is not a trading USD-M perpetual")
+
+    async def fetch_bars(self, symbol: str, start_ms: int, end_ms: int) -> dict[str, np.ndarray]:
+        start = -(-int(start_ms) // STEP_MS) * STEP_MS
+        end = int(end_ms)
+        cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume",
+                                "taker_buy_volume")}
+        for a, b in windows(start, end, KLINES_PER_CALL):
+            rows = await self.request("/fapi/v1/klines", {"symbol": symbol, "interval": "5m", "startTime": a,
+                                                          "endTime": b - 1, "limit": KLINES_PER_CALL},
+                                      weight=kline_weight(KLINES_PER_CALL))
+            self.parse_klines(symbol, rows, cols)
+        bars = self.bars(symbol, {**cols, "open_interest": np.full(len(cols["time_ms"]), np.nan)}, start, end)
+        t = bars["time_ms"]
+        if len(t) == 0:
+            return bars
+        oi_t, oi_v, ratio_t, ratio_v = await self.fetch_stats(symbol, int(t[0]), int(t[-1]) + STEP_MS)
+        bars["open_interest"] = join_by_time(t, oi_t, oi_v)
+        bars["long_short_ratio"] = join_by_time(t, ratio_t, ratio_v)
+        return self.drop_invalid(symbol, bars)
+
+    async def fetch_live(self, symbol: str) -> tuple[dict[str, np.ndarray], float, float]:
+        rows = await self.request("/fapi/v1/klines", {"symbol": symbol, "interval": "5m", "limit": 2},
+                                  weight=kline_weight(2))
+        oi = await self.request("/fapi/v1/openInterest", {"symbol": symbol}, weight=1)
+        mark = await self.request("/fapi/v1/premiumIndex", {"symbol": symbol}, weight=1)
+        open_interest, price = number(oi.get("openInterest")), number(mark.get("markPrice"))
+        cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume",
+                                "taker_buy_volume")}
+        self.parse_klines(symbol, rows, cols)
+        if cols["time_ms"]:
+            newest = int(np.argmax(cols["time_ms"]))
+            cols = {f: [v[newest]] for f, v in cols.items()}
+        forming = cols["time_ms"][0] if cols["time_ms"] else 0
+        bars = self.bars(symbol, {**cols, "open_interest": [open_interest] * len(cols["time_ms"])},
+                         forming, forming + STEP_MS)
+        return bars, open_interest, price
+
+    # ----- helpers -------------------------------------------------------------------------
+    def parse_klines(self, symbol: str, rows, cols: dict[str, list]) -> None:
+        """Append kline rows [open time, o, h, l, c, volume, close time, quote volume, trades,
+        taker buy base, taker buy quote, ignore] to the column lists; unparsable rows are rejected."""
+        if not isinstance(rows, list):
+            raise Retry(f"klines answer is not a list: {str(rows)[:80]}")
+        for r in rows:
+            try:
+                values = (int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]),
+                          number(r[7]), number(r[9]))
+            except (TypeError, ValueError, IndexError) as exc:
+                self.reject(symbol, r[0] if isinstance(r, list) and r and isinstance(r[0], int) else None,
+                            "kline", f"unparsable ({exc})")
+                continue
+            for f, v in zip(cols, values):
+                cols[f].append(v)
+
+    async def fetch_stats(self, symbol: str, start: int, end: int):
+        """Open interest and top-trader position ratio for bars in [start, end), as (bar times,
+        values) pairs: the API for the last 30 days, the daily archive before that."""
+        floor = align_down(self.now_ms() - STATS_DAYS * DAY_MS + STATS_MARGIN_MS) + STEP_MS
+        api = {"oi": ([], []), "ratio": ([], [])}
+        archive_until = min(max(start, floor), end)
+        for a, b in windows(max(start, floor), end, STATS_PER_CALL):
+            try:
+                for path, key, (ts, vs) in (("/futures/data/openInterestHist", "sumOpenInterest", api["oi"]),
+                                            ("/futures/data/topLongShortPositionRatio", "longShortRatio",
+                                             api["ratio"])):
+                    rows = await self.request(path, {"symbol": symbol, "period": "5m", "limit": STATS_PER_CALL,
+                                                     "startTime": a + STEP_MS, "endTime": b + STEP_MS - 1})
+                    if not isinstance(rows, list):
+                        raise Retry(f"{path}: answer is not a list")
+                    for r in rows:
+                        try:
+                            ts.append(align_down(int(r["timestamp"])) - STEP_MS)
+                            vs.append(positive(r[key]))
+                        except (KeyError, TypeError, ValueError) as exc:
+                            self.reject(symbol, None, key, f"unparsable ({exc})")
+            except ExchangeError as exc:
+                if exc.code != -1130:
+                    raise
+                archive_until = b       # older than the API keeps: read it from the archive instead
+        archived = await self.fetch_archive(symbol, start, archive_until) if start < archive_until else []
+        # Archive entries first, API entries after: where both exist the API's value wins.
+        oi_t = [r[0] for r in archived] + api["oi"][0]
+        oi_v = [r[1] for r in archived] + api["oi"][1]
+        ratio_t = [r[0] for r in archived] + api["ratio"][0]
+        ratio_v = [r[2] for r in archived] + api["ratio"][1]
+        return oi_t, oi_v, ratio_t, ratio_v
+
+    async def fetch_archive(self, symbol: str, start: int, end: int) -> list[tuple[int, float, float]]:
+        """(bar time, open interest, top-trader ratio) for bars in [start, end) from daily metrics zips."""
+        first = (start + STEP_MS) // DAY_MS
+        last = (end - 1 + STEP_MS) // DAY_MS
+        out = []
+        for day in range(first, last + 1):
+            d = datetime.fromtimestamp(day * 86_400, timezone.utc).strftime("%Y-%m-%d")
+            out.extend(r for r in await self.archive_day(symbol, d) if start <= r[0] < end)
+        return out
+
+    async def archive_day(self, symbol: str, day: str) -> list[tuple[int, float, float]]:
+        """One day's metrics rows as (bar time, OI, ratio); zeros become NaN; cached."""
+        key = (symbol, day)
+        if key in self._archive_cache:
+            return self._archive_cache[key]
+        path = ARCHIVE_PATH.format(s=symbol, d=day)
+        rows = None
+        for attempt in range(self.max_retries + 1):
+            data = await self.request(path, url=self.archive_url, raw=True, weight=0,
+                                      max_bytes=ARCHIVE_MAX_BYTES)
+            if data is None:
+                log.info("binance: no metrics archive %s; open interest stays missing that day", path)
+                rows = []
+                break
+            try:
+                rows = read_metrics_archive(data)
+                break
+            except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, csv.Error) as exc:
+                log.info("binance: damaged archive %s (%s); retrying", path, exc)
+                self.retries["malformed archive"] += 1
+                await asyncio.sleep(self.backoff(attempt))
+        if rows is None:
+            raise ExchangeError(self.name, f"{path}: archive still damaged after {self.max_retries + 1} tries")
+        out = []
+        for r in rows:
+            try:
+                created = metrics_time_ms(r["create_time"].strip())
+                out.append((align_down(created) - STEP_MS, positive(r["sum_open_interest"]),
+                            positive(r["sum_toptrader_long_short_ratio"])))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                self.reject(symbol, None, "metrics", f"unparsable archive row ({exc})")
+        if len(self._archive_cache) > 8:
+            self._archive_cache.pop(next(iter(self._archive_cache)))
+        self._archive_cache[key] = out
+        return out

@@ -1,0 +1,160 @@
+"""Bybit v5, linear perpetuals: klines, open interest and the long/short account ratio.
+
+Answers come in the envelope {retCode, retMsg, result, time}; lists are newest first and numbers
+are strings. Bybit publishes no taker-buy volume in klines (missing -> the model uses volume/2) and
+no top-trader position ratio: its account ratio (buyRatio / sellRatio) stands in for it.
+An open-interest or ratio row stamped X is the snapshot at the END of the bar opening at X - 5 min.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import httpx
+import numpy as np
+
+from ..bars import STEP_MS
+from .base import ExchangeClient, ExchangeError, RateWindow, Retry, align_down, join_by_time, number, windows
+
+log = logging.getLogger("heatsvc.exchanges")
+
+KLINES_PER_CALL = 1000
+OI_PER_CALL = 200
+RATIO_PER_CALL = 500
+MAX_PAGES = 50                 # cursor pages followed inside one window before giving up on it
+RATE_LIMIT_CODES = {10006, 10018}
+SERVER_CODES = {10000, 10016}
+
+
+class BybitClient(ExchangeClient):
+    """Bybit v5 market REST for the linear category."""
+
+    name = "bybit"
+    default_base_url = "https://api.bybit.com"
+
+    def __init__(self, base_url: str | None = None, *, requests_per_5s: int = 500, **kw):
+        super().__init__(base_url, **kw)
+        self.window = RateWindow(requests_per_5s, 5.0)   # Bybit: 600 requests / 5 s per IP
+        self.paused_until = 0.0
+        self.min_remaining: int | None = None            # lowest X-Bapi-Limit-Status seen (reporting)
+
+    async def pace(self, path: str, weight: int) -> None:
+        wait = self.paused_until - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await self.window.acquire()
+
+    def observe(self, path: str, response: httpx.Response) -> None:
+        remaining = response.headers.get("X-Bapi-Limit-Status")
+        reset = response.headers.get("X-Bapi-Limit-Reset-Timestamp")
+        if remaining is None or not remaining.isdigit():
+            return
+        self.min_remaining = int(remaining) if self.min_remaining is None else min(self.min_remaining, int(remaining))
+        if int(remaining) <= 1 and reset is not None and reset.isdigit():
+            wait = min(5.0, max(0.0, (int(reset) - time.time() * 1000) / 1000))
+            self.paused_until = time.monotonic() + (wait or 1.0)
+
+    def check_body(self, path: str, response: httpx.Response, body):
+        if not isinstance(body, dict) or "retCode" not in body:
+            if response.status_code != 200:
+                raise ExchangeError(self.name, f"{path}: HTTP {response.status_code}", status=response.status_code)
+            raise Retry(f"malformed envelope: {str(body)[:80]}")
+        code = body["retCode"]
+        if code == 0:
+            result = body.get("result")
+            if not isinstance(result, dict):
+                raise Retry("malformed envelope: no result")
+            return result
+        if code in RATE_LIMIT_CODES:
+            raise Retry(f"rate limited (retCode {code})")
+        if code in SERVER_CODES:
+            raise Retry(f"server error (retCode {code})")
+        raise ExchangeError(self.name, f"{path}: retCode {code}: {body.get('retMsg')}", status=response.status_code,
+                            code=code)
+
+    async def check_symbol(self, symbol: str) -> None:
+        result = await self.request("/v5/market/instruments-info", {"category": "linear", "symbol": symbol})
+        listed = [i for i in result.get("list", []) if i.get("symbol") == symbol]
+        if not listed or listed[0].get("status", "Trading") != "Trading":
+            raise ExchangeError(self.name, f"symbol {symbol!r} is not a trading linear contract")
+
+    async def fetch_bars(self, symbol: str, start_ms: int, end_ms: int) -> dict[str, np.ndarray]:
+        start = -(-int(start_ms) // STEP_MS) * STEP_MS
+        end = int(end_ms)
+        cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume")}
+        for a, b in windows(start, end, KLINES_PER_CALL):
+            result = await self.request("/v5/market/kline", {"category": "linear", "symbol": symbol, "interval": "5",
+                                                             "start": a, "end": b - 1, "limit": KLINES_PER_CALL})
+            self.parse_klines(symbol, result, cols)
+        bars = self.bars(symbol, {**cols, "open_interest": np.full(len(cols["time_ms"]), np.nan)}, start, end)
+        t = bars["time_ms"]
+        if len(t) == 0:
+            return bars
+        lo, hi = int(t[0]), int(t[-1]) + STEP_MS
+        oi_t, oi_v = await self.paged(symbol, "/v5/market/open-interest", {"intervalTime": "5min"}, lo, hi,
+                                      OI_PER_CALL, lambda r: number(r["openInterest"]))
+        ratio_t, ratio_v = await self.paged(symbol, "/v5/market/account-ratio", {"period": "5min"}, lo, hi,
+                                            RATIO_PER_CALL, lambda r: number(r["buyRatio"]) / number(r["sellRatio"]))
+        bars["open_interest"] = join_by_time(t, oi_t, oi_v)
+        bars["long_short_ratio"] = join_by_time(t, ratio_t, ratio_v)
+        return self.drop_invalid(symbol, bars)
+
+    async def fetch_live(self, symbol: str) -> tuple[dict[str, np.ndarray], float, float]:
+        result = await self.request("/v5/market/kline", {"category": "linear", "symbol": symbol, "interval": "5",
+                                                         "limit": 1})
+        tick = await self.request("/v5/market/tickers", {"category": "linear", "symbol": symbol})
+        ticker = next((x for x in tick.get("list", []) if x.get("symbol") == symbol), None)
+        if ticker is None:
+            raise ExchangeError(self.name, f"/v5/market/tickers: no ticker for {symbol}")
+        open_interest = number(ticker.get("openInterest"))
+        price = number(ticker.get("markPrice") or ticker.get("lastPrice"))
+        cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume")}
+        self.parse_klines(symbol, result, cols)
+        if cols["time_ms"]:
+            newest = int(np.argmax(cols["time_ms"]))
+            cols = {f: [v[newest]] for f, v in cols.items()}
+        forming = cols["time_ms"][0] if cols["time_ms"] else 0
+        bars = self.bars(symbol, {**cols, "open_interest": [open_interest] * len(cols["time_ms"])},
+                         forming, forming + STEP_MS)
+        return bars, open_interest, price
+
+    def parse_klines(self, symbol: str, result, cols: dict[str, list]) -> None:
+        """Append rows [startTime, open, high, low, close, volume, turnover] (strings) to the columns."""
+        rows = result.get("list") if isinstance(result, dict) else None
+        if not isinstance(rows, list):
+            raise Retry("kline result has no list")
+        for r in rows:
+            try:
+                values = (int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]), number(r[6]))
+            except (TypeError, ValueError, IndexError) as exc:
+                self.reject(symbol, None, "kline", f"unparsable ({exc})")
+                continue
+            for f, v in zip(cols, values):
+                cols[f].append(v)
+
+    async def paged(self, symbol: str, path: str, extra: dict, start: int, end: int, per_call: int, value):
+        """(bar times, values) of a statistics endpoint for bars in [start, end): one request per window
+        of snapshot times, following nextPageCursor (anchored on the window's endTime) until it is empty."""
+        ts, vs = [], []
+        for a, b in windows(start, end, per_call):
+            params = {"category": "linear", "symbol": symbol, **extra, "startTime": a + STEP_MS,
+                      "endTime": b + STEP_MS - 1, "limit": per_call}
+            for _ in range(MAX_PAGES):
+                result = await self.request(path, params)
+                rows = result.get("list")
+                if not isinstance(rows, list):
+                    raise Retry(f"{path}: result has no list")
+                for r in rows:
+                    try:
+                        t, v = align_down(int(r["timestamp"])) - STEP_MS, value(r)
+                    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+                        self.reject(symbol, None, path.rsplit("/", 1)[-1], f"unparsable ({exc})")
+                        continue
+                    ts.append(t)
+                    vs.append(v)
+                cursor = result.get("nextPageCursor")
+                if not rows or not cursor:
+                    break
+                params = {**params, "cursor": cursor}
+        return ts, vs

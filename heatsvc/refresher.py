@@ -1,0 +1,340 @@
+"""The refresher keeps the store current: one asyncio task per market backfills what the store
+lacks, then every interval fetches the newly closed bars, the forming bar and the current open
+interest, stores them and tells subscribers (MarketUpdated) that the market moved.
+
+Failures are contained: a market whose exchange fails is marked degraded or failing in its
+health, what it could not fetch is recorded as a gap and retried later, and no other market (and
+no other exchange) waits for it.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .bars import STEP_MS, format_time
+from .exchanges.base import ExchangeClient, ExchangeError, ExchangeUnavailable, align_down
+from .store import Store
+
+log = logging.getLogger("heatsvc.refresher")
+
+DAY_MS = 86_400_000
+NO_DATA_BEFORE = "no_data_before"   # store mark: the exchange has no bars of this market before this time
+
+
+@dataclass(frozen=True)
+class MarketUpdated:
+    """A market's stored data changed (published to every subscriber)."""
+    market: str            # "binance:BTCUSDT"
+    version: int           # increases on every stored change of this market
+    last_bar_ms: int       # open time of newest stored bar (the forming bar counts)
+    price: float           # current price (mark or last), for zone reports
+    bars_changed: bool     # False when only the price / forming bar moved
+
+
+@dataclass
+class MarketHealth:
+    """How one market's data is doing; `skipped` lists ranges not fetched yet (retried later)."""
+    market: str
+    status: str            # "loading" | "ok" | "degraded" | "failing"
+    last_bar_ms: int | None
+    lag_s: float | None
+    consecutive_failures: int
+    last_error: str | None
+    ready: bool
+    rejected_rows: int = 0
+    missing_bars: int = 0
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass
+class _Market:
+    name: str
+    client: ExchangeClient
+    symbol: str
+    version: int = 0
+    price: float = math.nan
+    failures: int = 0
+    last_error: str | None = None
+    status: str = "loading"
+    gaps: dict[tuple[int, int], int] = field(default_factory=dict)   # range -> attempts so far
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def merge_ranges(ranges: Sequence[tuple[int, int]], join_ms: int, chunk_ms: int) -> list[tuple[int, int]]:
+    """Ranges closer than join_ms merged (refetching a little beats many small requests), then cut
+    into pieces of at most chunk_ms."""
+    merged: list[list[int]] = []
+    for a, b in sorted(ranges):
+        if merged and a - merged[-1][1] < join_ms:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [(s, min(s + chunk_ms, b)) for a, b in merged for s in range(a, b, chunk_ms)]
+
+
+class Refresher:
+    """Backfill and periodic refresh of markets ("exchange:SYMBOL") into a Store."""
+
+    def __init__(self, store: Store, clients: Mapping[str, ExchangeClient], markets: Sequence[str], *,
+                 interval_s: float = 60.0, history_days: float = 365.0, progress: bool = False,
+                 now_ms: Callable[[], int] | None = None, chunk_days: float = 5.0, failing_after: int = 3,
+                 gap_attempts: int = 5, queue_size: int = 64):
+        if not interval_s > 0:
+            raise ValueError(f"interval_s must be positive, got {interval_s}")
+        if not history_days > 0:
+            raise ValueError(f"history_days must be positive, got {history_days}")
+        self.store = store
+        self.interval_s, self.history_ms = interval_s, int(history_days * DAY_MS)
+        self.progress = progress
+        self.now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self.chunk_ms = max(STEP_MS, align_down(int(chunk_days * DAY_MS)))
+        self.failing_after, self.gap_attempts, self.queue_size = failing_after, gap_attempts, queue_size
+        self._markets: dict[str, _Market] = {}
+        for market in markets:
+            exchange, _, symbol = market.partition(":")
+            if not symbol or not symbol.isalnum():
+                raise ValueError(f"market {market!r} must be 'exchange:SYMBOL'")
+            if exchange not in clients:
+                raise ValueError(f"market {market!r}: no client for exchange {exchange!r} "
+                                 f"(have {', '.join(sorted(clients)) or 'none'})")
+            self._markets[market] = _Market(market, clients[exchange], symbol)
+        self._subscribers: set[asyncio.Queue] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._progress = None
+
+    # ----- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start one task per market: backfill, then refresh every interval_s."""
+        if self._tasks:
+            return
+        if self.progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("bars"), TimeRemainingColumn(), transient=False)
+            self._progress.start()
+        self._tasks = [asyncio.create_task(self._run(m), name=f"refresh {m.name}") for m in self._markets.values()]
+
+    async def stop(self) -> None:
+        """Cancel the market tasks and wait for them to end."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._stop_progress()
+
+    def _stop_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    async def wait_ready(self, market: str | None = None, timeout: float | None = None) -> None:
+        """Return once the market (every market when None) finished its first backfill;
+        TimeoutError after `timeout` seconds."""
+        names = list(self._markets) if market is None else [market]
+        for name in names:
+            if name not in self._markets:
+                raise ValueError(f"unknown market {name!r}")
+        waits = [self._markets[n].ready.wait() for n in names]
+        await asyncio.wait_for(asyncio.gather(*waits), timeout)
+
+    # ----- subscribers ---------------------------------------------------------------------
+    def subscribe(self) -> asyncio.Queue:
+        """A bounded queue of MarketUpdated; when a reader falls behind, its oldest updates are dropped."""
+        q: asyncio.Queue = asyncio.Queue(maxsize=self.queue_size)
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        self._subscribers.discard(q)
+
+    def _publish(self, update: MarketUpdated) -> None:
+        for q in self._subscribers:
+            if q.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    q.get_nowait()
+            q.put_nowait(update)
+
+    # ----- health --------------------------------------------------------------------------
+    def health(self) -> dict[str, MarketHealth]:
+        """Every market's health now."""
+        now = self.now_ms()
+        out = {}
+        for m in self._markets.values():
+            last = self.store.last_time(m.name)
+            status = m.status
+            if status == "ok" and (m.client.degraded or m.gaps):
+                status = "degraded"
+            skipped = tuple(f"{format_time(a)}..{format_time(b)} ({(b - a) // STEP_MS} bars, "
+                            f"{tries} attempt{'s' if tries != 1 else ''})" for (a, b), tries in sorted(m.gaps.items()))
+            out[m.name] = MarketHealth(
+                market=m.name, status=status, last_bar_ms=last,
+                lag_s=None if last is None else max(0.0, (now - last - STEP_MS) / 1000),
+                consecutive_failures=m.failures, last_error=m.last_error, ready=m.ready.is_set(),
+                rejected_rows=m.client.rejected[m.symbol],
+                missing_bars=sum((b - a) // STEP_MS for a, b in m.gaps), skipped=skipped)
+        return out
+
+    # ----- the work ------------------------------------------------------------------------
+    async def _run(self, m: _Market) -> None:
+        while True:
+            try:
+                async with m.lock:
+                    await m.client.check_symbol(m.symbol)
+                    await self._backfill(m)
+                    await self._live(m, bars_changed=True)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure is reported in health and retried
+                self._failed(m, exc)
+                await self._pause(m)
+        m.failures, m.status = 0, "ok"
+        m.ready.set()
+        self._count_down(m)
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.refresh(m.name)
+            if m.failures:
+                await self._pause(m, extra_only=True)
+
+    async def refresh(self, market: str) -> None:
+        """Fetch what closed since the newest stored bar, retry recorded gaps, update the forming bar."""
+        if market not in self._markets:
+            raise ValueError(f"unknown market {market!r}")
+        m = self._markets[market]
+        async with m.lock:
+            try:
+                cur = align_down(self.now_ms())
+                last = self.store.last_time(m.name)
+                changed = False
+                if last is None:
+                    changed = await self._backfill(m)
+                elif last < cur:
+                    changed = await self._fetch(m, last, cur, record=True)
+                changed = await self._retry_gaps(m) or changed
+                await self._live(m, bars_changed=changed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported in health, retried next interval
+                self._failed(m, exc)
+                return
+            m.failures, m.last_error = 0, None
+            m.status = "ok"
+
+    async def _backfill(self, m: _Market) -> bool:
+        """Fetch every range of the history window the store lacks, oldest first, chunk by chunk.
+        A chunk that fails is recorded as a gap and the backfill goes on; a ban is waited out."""
+        cur = align_down(self.now_ms())
+        start = align_down(cur - self.history_ms)
+        floor = self.store.mark(m.name, NO_DATA_BEFORE)
+        if floor is not None:
+            start = max(start, floor)
+        chunks = merge_ranges(self.store.gaps(m.name, start, cur), 288 * STEP_MS, self.chunk_ms)
+        task = None
+        if self._progress is not None:
+            task = self._progress.add_task(m.name, total=sum((b - a) // STEP_MS for a, b in chunks))
+        changed = False
+        failed_from = cur
+        for a, b in chunks:
+            while m.client.degraded:
+                m.status = "degraded"
+                await asyncio.sleep(max(0.05, m.client.banned_until - time.monotonic()))
+            try:
+                changed |= await self._fetch(m, a, b, record=True)
+            except ExchangeUnavailable as exc:
+                self._note_skip(m, a, b, exc)
+                failed_from = min(failed_from, a)
+            if task is not None:
+                self._progress.advance(task, (b - a) // STEP_MS)
+        stored = self.store.times(m.name, start, cur)
+        if len(stored) and start < stored[0] <= failed_from:
+            # Every range before the first bar was asked for and came back empty: the exchange has
+            # nothing older, so neither later refreshes nor restarts ask again.
+            self.store.set_mark(m.name, NO_DATA_BEFORE, int(stored[0]))
+            for gap in [g for g in m.gaps if g[1] <= stored[0]]:
+                del m.gaps[gap]
+        return changed
+
+    async def _fetch(self, m: _Market, a: int, b: int, *, record: bool) -> bool:
+        """Fetch closed bars in [a, b) and store them; missing bars become gaps. True if any stored."""
+        bars = await m.client.fetch_bars(m.symbol, a, b)
+        stored = False
+        if len(bars["time_ms"]):
+            await asyncio.to_thread(self.store.upsert, m.name, bars)
+            stored = True
+        if record:
+            for gap in self.store.gaps(m.name, a, b):
+                m.gaps.setdefault(gap, 0)
+        return stored
+
+    async def _retry_gaps(self, m: _Market) -> bool:
+        """Fetch recorded gaps again; a gap still empty after gap_attempts tries is left alone."""
+        changed = False
+        floor = self.store.mark(m.name, NO_DATA_BEFORE)
+        for (a, b), tries in sorted(m.gaps.items()):
+            if tries >= self.gap_attempts:
+                continue
+            del m.gaps[(a, b)]
+            if floor is not None and b <= floor:
+                continue
+            try:
+                changed |= await self._fetch(m, a, b, record=False)
+            except ExchangeUnavailable as exc:
+                m.gaps[(a, b)] = tries + 1
+                log.info("%s: gap %s..%s still unavailable: %s", m.name, format_time(a), format_time(b), exc)
+                continue
+            for gap in self.store.gaps(m.name, a, b):
+                m.gaps[gap] = tries + 1
+        return changed
+
+    async def _live(self, m: _Market, *, bars_changed: bool) -> None:
+        """Store the forming bar with the current open interest and publish the update."""
+        bars, _, price = await m.client.fetch_live(m.symbol)
+        if len(bars["time_ms"]):
+            await asyncio.to_thread(self.store.upsert, m.name, bars)
+            if not math.isfinite(price):
+                price = float(bars["close"][-1])
+        if math.isfinite(price):
+            m.price = price
+        last = self.store.last_time(m.name)
+        if last is None:
+            return
+        m.version += 1
+        self._publish(MarketUpdated(m.name, m.version, int(last), m.price, bars_changed))
+
+    # ----- failures ------------------------------------------------------------------------
+    def _note_skip(self, m: _Market, a: int, b: int, exc: Exception) -> None:
+        m.gaps[(a, b)] = m.gaps.get((a, b), 0) + 1
+        m.last_error = str(exc)
+        log.warning("%s: skipped %s..%s for now: %s", m.name, format_time(a), format_time(b), exc)
+
+    def _failed(self, m: _Market, exc: Exception) -> None:
+        m.failures += 1
+        m.last_error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (ExchangeError, ExchangeUnavailable)) \
+            else str(exc)
+        m.status = "failing" if m.failures >= self.failing_after or isinstance(exc, ExchangeError) else "degraded"
+        log.warning("%s: refresh failed (%d in a row): %s", m.name, m.failures, m.last_error)
+
+    async def _pause(self, m: _Market, extra_only: bool = False) -> None:
+        """After a failure: wait out a ban, else wait one interval (unless the loop waits anyway)."""
+        ban = m.client.banned_until - time.monotonic()
+        if ban > 0:
+            await asyncio.sleep(ban)
+        elif not extra_only:
+            await asyncio.sleep(self.interval_s)
+
+    def _count_down(self, m: _Market) -> None:
+        if self._progress is not None and all(x.ready.is_set() for x in self._markets.values()):
+            self._stop_progress()
+
+    def request_counts(self) -> dict[str, dict[str, int]]:
+        """Requests each exchange client has had answered, per path (for reports)."""
+        clients = {m.client.name: m.client for m in self._markets.values()}
+        return {name: dict(c.requests) for name, c in clients.items()}
+
