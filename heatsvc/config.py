@@ -1,0 +1,221 @@
+"""The service's configuration: one TOML file (tomllib), environment overrides for secrets and
+addresses, defaults that serve the live exchanges.
+
+Example (every key optional):
+
+    [server]
+    listen = "127.0.0.1:50051"
+    backend = "cython"          # engine backend: cython | numpy | python
+    # auth_token = "..."        # better: HEATSVC_AUTH_TOKEN in the environment
+
+    [data]
+    store = "/var/lib/heatsvc/heatsvc.sqlite3"   # default: the user's data directory
+    refresh_interval_s = 60
+    history_days = 365
+    lookbacks = ["12h", "1d", "3d", "7d", "14d", "1M", "3M", "6M", "1Y"]
+
+    [limits]
+    max_cells = 2000000         # rows x columns of one view
+    max_streams = 1000
+    max_stream_views = 64       # views of one StreamZones call
+    max_concurrent_computations = 2
+    cache_views = 64
+    queue_depth = 8             # per-subscriber queue before it is coalesced
+
+    [exchanges.binance]
+    symbols = ["BTCUSDT", "ETHUSDT"]
+    base_url = "https://fapi.binance.com"
+    archive_url = "https://data.binance.vision"
+
+    [model]
+    range_margin = 0.05
+    [[model.tiers]]
+    leverage = 5
+    weight = 0.15
+    maintenance_margin = 0.004
+    half_life_days = 30        # or "inf"
+
+Environment: HEATSVC_LISTEN, HEATSVC_STORE, HEATSVC_AUTH_TOKEN, HEATSVC_<EXCHANGE>_BASE_URL,
+HEATSVC_BINANCE_ARCHIVE_URL override the file.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .engine import DEFAULT_TIERS, LOOKBACKS, MAX_COLUMNS, MAX_ROWS, ModelParams, Tier
+
+EXCHANGES = ("binance", "bybit", "okx")
+DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+LIVE_URLS = {
+    "binance": {"base_url": "https://fapi.binance.com", "archive_url": "https://data.binance.vision"},
+    "bybit": {"base_url": "https://api.bybit.com"},
+    "okx": {"base_url": "https://www.okx.com"},
+}
+MAX_CELLS = 2_000_000
+
+
+@dataclass(frozen=True)
+class ExchangeConfig:
+    """One exchange: the symbols served and where its REST API lives."""
+    name: str
+    symbols: tuple[str, ...]
+    base_url: str | None = None
+    archive_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep any request from computing or buffering without bound."""
+    max_cells: int = MAX_CELLS
+    max_streams: int = 1000
+    max_stream_views: int = 64
+    max_concurrent_computations: int = 2
+    cache_views: int = 64
+    queue_depth: int = 8
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = "127.0.0.1:50051"
+    backend: str = "cython"
+    auth_token: str | None = None
+    store: str | None = None
+    refresh_interval_s: float = 60.0
+    history_days: float = 365.0
+    lookbacks: tuple[str, ...] = tuple(LOOKBACKS)
+    exchanges: tuple[ExchangeConfig, ...] = field(default_factory=lambda: tuple(
+        ExchangeConfig(name, DEFAULT_SYMBOLS, **LIVE_URLS[name]) for name in EXCHANGES))
+    limits: Limits = field(default_factory=Limits)
+    params: ModelParams = field(default_factory=ModelParams)
+
+    @property
+    def markets(self) -> list[str]:
+        """Every served single-exchange market, "exchange:SYMBOL"."""
+        return [f"{ex.name}:{s}" for ex in self.exchanges for s in ex.symbols]
+
+    def max_message_bytes(self) -> int:
+        """The largest response a view can produce: four grids (notional and intensity) plus the
+        per-tier grids (capped at max_cells in total), float32, plus room for axes and zones."""
+        cells = self.limits.max_cells
+        return 4 * cells * 6 + 24 * (MAX_ROWS + 8 * MAX_COLUMNS) + (1 << 20)
+
+
+def _section(data: dict, name: str) -> dict:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"config: [{name}] must be a table")
+    return value
+
+
+def _take(table: dict, where: str, key: str, kind, default, check=None, why: str = ""):
+    if key not in table:
+        return default
+    value = table[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool or (check and not check(value)):
+        raise ValueError(f"config: {where}.{key} = {value!r} is invalid{': ' + why if why else ''}")
+    return value
+
+
+def _unknown(table: dict, where: str, known) -> None:
+    extra = sorted(set(table) - set(known))
+    if extra:
+        raise ValueError(f"config: unknown key(s) in [{where}]: {', '.join(extra)}")
+
+
+def _tiers(model: dict) -> tuple[Tier, ...]:
+    if "tiers" not in model:
+        return DEFAULT_TIERS
+    if not isinstance(model["tiers"], list) or not model["tiers"]:
+        raise ValueError("config: model.tiers must be a non-empty array of tables")
+    tiers = []
+    for i, t in enumerate(model["tiers"]):
+        where = f"model.tiers[{i}]"
+        if not isinstance(t, dict):
+            raise ValueError(f"config: {where} must be a table")
+        _unknown(t, where, ("leverage", "weight", "maintenance_margin", "half_life_days"))
+        half = t.get("half_life_days", math.inf)
+        if half == "inf":
+            half = math.inf
+        try:
+            tiers.append(Tier(float(t["leverage"]), float(t["weight"]), float(t.get("maintenance_margin", 0.004)),
+                              float(half)))
+        except KeyError as exc:
+            raise ValueError(f"config: {where} needs {exc.args[0]}") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config: {where}: {exc}") from None
+    return tuple(tiers)
+
+
+def parse(data: dict, env: dict[str, str] | None = None) -> Config:
+    """A Config from parsed TOML and the environment; ValueError names any bad key."""
+    env = os.environ if env is None else env
+    _unknown(data, "top level", ("server", "data", "limits", "exchanges", "model"))
+    server, store, limits, model = (_section(data, n) for n in ("server", "data", "limits", "model"))
+    _unknown(server, "server", ("listen", "backend", "auth_token"))
+    _unknown(store, "data", ("store", "refresh_interval_s", "history_days", "lookbacks"))
+    _unknown(limits, "limits", Limits.__dataclass_fields__)
+    _unknown(model, "model", ("tiers", "range_margin"))
+    positive = lambda v: v > 0  # noqa: E731
+    lim = Limits(**{k: _take(limits, "limits", k, int, getattr(Limits(), k), positive, "must be a positive integer")
+                    for k in Limits.__dataclass_fields__})
+    lookbacks = _take(store, "data", "lookbacks", list, list(LOOKBACKS),
+                      lambda v: v and all(x in LOOKBACKS for x in v), f"use names from {', '.join(LOOKBACKS)}")
+    try:
+        params = ModelParams(tiers=_tiers(model), mu=_take(model, "model", "range_margin", float, 0.05))
+    except ValueError as exc:
+        raise ValueError(f"config: model: {exc}") from None
+    exchanges = []
+    tables = _section(data, "exchanges") if "exchanges" in data else {n: {} for n in EXCHANGES}
+    for name, table in tables.items():
+        if name not in EXCHANGES:
+            raise ValueError(f"config: unknown exchange [exchanges.{name}]; use {', '.join(EXCHANGES)}")
+        if not isinstance(table, dict):
+            raise ValueError(f"config: [exchanges.{name}] must be a table")
+        where = f"exchanges.{name}"
+        _unknown(table, where, ("symbols", "base_url", "archive_url"))
+        symbols = _take(table, where, "symbols", list, list(DEFAULT_SYMBOLS),
+                        lambda v: all(isinstance(s, str) and s.isalnum() for s in v), "symbols are alphanumeric")
+        urls = dict(LIVE_URLS[name])
+        for key in ("base_url", "archive_url"):
+            urls[key] = _take(table, where, key, str, urls.get(key))
+            urls[key] = env.get(f"HEATSVC_{name.upper()}_{key.upper()}", urls[key])
+        exchanges.append(ExchangeConfig(name, tuple(s.upper() for s in symbols), **urls))
+    if not any(ex.symbols for ex in exchanges):
+        raise ValueError("config: no market configured; list symbols under [exchanges.NAME]")
+    backend = _take(server, "server", "backend", str, "cython", lambda v: v in ("cython", "numpy", "python"),
+                    "use cython, numpy or python")
+    return Config(
+        listen=env.get("HEATSVC_LISTEN", _take(server, "server", "listen", str, Config.listen)),
+        backend=backend,
+        auth_token=env.get("HEATSVC_AUTH_TOKEN", _take(server, "server", "auth_token", str, None)) or None,
+        store=env.get("HEATSVC_STORE", _take(store, "data", "store", str, None)),
+        refresh_interval_s=_take(store, "data", "refresh_interval_s", float, 60.0, positive, "must be > 0"),
+        history_days=_take(store, "data", "history_days", float, 365.0, positive, "must be > 0"),
+        lookbacks=tuple(sorted(lookbacks, key=LOOKBACKS.get)),
+        exchanges=tuple(exchanges), limits=lim, params=params)
+
+
+def load(path: str | os.PathLike | None, env: dict[str, str] | None = None) -> Config:
+    """Read a TOML config file (None: defaults for the live exchanges), with env overrides."""
+    if path is None:
+        return parse({}, env)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"config: cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config: {path}: {exc}") from None
+    return parse(data, env)
+
+
+def with_overrides(config: Config, **changes) -> Config:
+    """A copy of config with some fields changed (the CLI's --listen, --backend, demo settings)."""
+    return replace(config, **changes)

@@ -1,0 +1,141 @@
+"""`heatsvc serve`: the heatsvc.v1 gRPC API over the bar store, kept fresh by the refresher.
+
+The heatmaps served are estimates of liquidation levels: market-risk context, not a forecast.
+`--demo` runs the replay exchange on loopback (bundled recorded and synthetic data, replayed fast
+from 2025-10-10T18:00Z so the crash of 21:20 unfolds live) and serves it on 127.0.0.1:50051.
+The server itself lives in heatsvc.service.server; this module only wires it up.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+DEMO_START = "2025-10-10T18:00:00Z"
+DEMO_SPEED = 100.0           # a 5-minute bar every 3 s
+DEMO_LOOKBACKS = ("12h", "1d", "3d", "7d")
+DEMO_HISTORY_DAYS = 7.5      # enough for the 7d lookback (and the open interest before it)
+DEMO_REFRESH_S = 1.0
+
+
+def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
+    """Options of `heatsvc serve`."""
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration (default: live exchanges, "
+                                                         "see heatsvc/config.py for every key)")
+    parser.add_argument("--demo", action="store_true",
+                        help="serve the replay exchange's bundled data on loopback, replayed from "
+                             f"{DEMO_START} at x{DEMO_SPEED:g} (lookbacks {', '.join(DEMO_LOOKBACKS)})")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:50051; "
+                                                              "port 0 picks a free one)")
+    parser.add_argument("--backend", choices=("cython", "numpy", "python"), help="engine backend (default cython)")
+    parser.add_argument("--store", metavar="PATH", help="SQLite bar store (demo default: a temporary file)")
+    demo = parser.add_argument_group("demo")
+    demo.add_argument("--demo-speed", type=float, default=DEMO_SPEED, help="replay speed (default %(default)g)")
+    demo.add_argument("--demo-start", default=DEMO_START, help="replay start, ISO (default %(default)s)")
+    demo.add_argument("--demo-history-days", type=float, default=DEMO_HISTORY_DAYS,
+                      help="days to backfill (default %(default)g)")
+    parser.add_argument("--quiet", action="store_true", help="no backfill progress")
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    from .. import config as cfg
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = cfg.load(args.config)
+    changes = {k: v for k, v in (("listen", args.listen), ("backend", args.backend), ("store", args.store)) if v}
+    config = cfg.with_overrides(config, **changes)
+    try:
+        return asyncio.run(serve(config, demo=args if args.demo else None, progress=not args.quiet))
+    except KeyboardInterrupt:
+        return 130
+
+
+def demo_config(config, replay, args):
+    """The configuration of the demo: the replay's markets and URLs, a fast refresh, short lookbacks."""
+    from ..config import ExchangeConfig, with_overrides
+
+    by_exchange: dict[str, list[str]] = {}
+    for market in replay.markets():
+        exchange, _, symbol = market.partition(":")
+        by_exchange.setdefault(exchange, []).append(symbol)
+    exchanges = tuple(ExchangeConfig(ex, tuple(symbols), replay.base_url(ex),
+                                     replay.archive_url() if ex == "binance" else None)
+                      for ex, symbols in by_exchange.items())
+    return with_overrides(config, exchanges=exchanges, refresh_interval_s=DEMO_REFRESH_S,
+                          history_days=args.demo_history_days, lookbacks=DEMO_LOOKBACKS)
+
+
+async def serve(config, *, demo: argparse.Namespace | None = None, progress: bool = True) -> int:
+    """Run until SIGTERM/SIGINT: store, exchange clients, refresher, gRPC server; then shut down
+    gracefully (health NOT_SERVING, streams end with OK, refresher stopped, store closed)."""
+    from ..config import with_overrides
+    from ..exchanges import make_client
+    from ..refresher import Refresher
+    from ..replay import ReplayExchange, parse_time
+    from ..store import Store
+    from .server import Server
+
+    replay = None
+    tmp = None
+    now_ms = None
+    if demo is not None:
+        if not demo.demo_speed > 0:
+            raise ValueError(f"--demo-speed must be > 0, got {demo.demo_speed}")
+        replay = ReplayExchange(start_ms=parse_time(demo.demo_start), speed=demo.demo_speed)
+        replay.start()
+        now_ms = replay.now_ms
+        config = demo_config(config, replay, demo)
+        if config.store is None:
+            tmp = tempfile.TemporaryDirectory(prefix="heatsvc-demo-")
+            config = with_overrides(config, store=str(Path(tmp.name) / "demo.sqlite3"))
+        print(f"heatsvc: demo replay exchange at {replay.url}, clock {demo.demo_start} x{demo.demo_speed:g}",
+              flush=True)
+    store = Store(config.store)
+    clients = {}
+    refresher = None
+    server = None
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        for ex in config.exchanges:
+            if ex.symbols:
+                extra = {"archive_url": ex.archive_url} if ex.archive_url else {}
+                clients[ex.name] = make_client(ex.name, ex.base_url, **extra)
+        refresher = Refresher(store, clients, config.markets, interval_s=config.refresh_interval_s,
+                              history_days=config.history_days, progress=progress, now_ms=now_ms)
+        server = Server(config, store, refresher)
+        port = await server.start()
+        host = config.listen.rpartition(":")[0]
+        print(f"heatsvc: serving heatsvc.v1 on {host}:{port} ({len(config.markets)} markets, backend "
+              f"{config.backend}); health NOT_SERVING until data is loaded", flush=True)
+        starting = asyncio.create_task(refresher.start())
+        stopper = asyncio.create_task(stopping.wait())
+        await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done() and starting.exception() is not None:
+            raise starting.exception()
+        await stopping.wait()
+        print("heatsvc: shutting down", flush=True)
+        if not starting.done():
+            starting.cancel()
+        return 0
+    finally:
+        if server is not None:
+            await server.stop()
+        if refresher is not None:
+            await refresher.stop()
+        for client in clients.values():
+            await client.aclose()
+        store.close()
+        if replay is not None:
+            replay.stop()
+        if tmp is not None:
+            tmp.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        print("heatsvc: stopped", file=sys.stderr, flush=True)

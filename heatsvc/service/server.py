@@ -1,0 +1,436 @@
+"""The heatsvc.v1 HeatmapService on grpc.aio: views computed once per data version in a worker
+thread and cached, shared streams fed by the refresher's MarketUpdated events, standard health
+and reflection, graceful shutdown.
+
+Every response is produced as bytes by the handlers (the method handlers' serializer passes bytes
+through), so a stream update is serialized once and the same bytes go to every subscriber.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ..engine import DAY_MS, LOOKBACKS, Heatmap, compute_aggregate, compute_heatmap
+from ..v1 import heatmap_service_pb2 as pb
+from . import messages
+from .errors import RequestError, exhausted, invalid, unauthenticated, unavailable
+from .streams import ViewTopic, ZonesTopic
+from .views import Catalogue, ViewKey, check_all, grid_opts, zone_opts
+
+log = logging.getLogger("heatsvc.service")
+SERVICE = pb.DESCRIPTOR.services_by_name["HeatmapService"].full_name
+CACHE_BYTES = 256 << 20        # computed views kept (numpy grids)
+RESPONSE_CACHE = 256           # serialized unary responses kept
+RESPONSE_CACHE_MAX = 8 << 20   # larger responses are not kept
+HEALTH_POLL_S = 0.5
+MAX_PENDING = 64               # distinct views waiting for a computation slot
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _nbytes(hm: Heatmap) -> int:
+    tiers = 0 if hm.per_tier_long is None else hm.per_tier_long.nbytes + hm.per_tier_short.nbytes
+    return hm.long.nbytes + hm.short.nbytes + tiers
+
+
+class HeatmapService:
+    """The API's behaviour; `handler()` exposes it to a grpc.aio server."""
+
+    def __init__(self, config, store, refresher):
+        self.config, self.store, self.refresher = config, store, refresher
+        self.catalogue = Catalogue(config.markets, config.lookbacks, config.limits.max_cells,
+                                   len(config.params.tiers))
+        self.versions = {m: 0 for m in config.markets}   # bumped on every MarketUpdated with new bars
+        self.prices: dict[str, float] = {}
+        self.health = health.aio.HealthServicer()
+        self.topics: dict[tuple, ViewTopic | ZonesTopic] = {}
+        self.streams = 0
+        self.computations = 0
+        self.closing = False
+        self._cache: collections.OrderedDict[tuple, Heatmap] = collections.OrderedDict()
+        self._cache_bytes = 0
+        self._inflight: dict[tuple, asyncio.Task] = {}
+        self._responses: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
+        self._slots = asyncio.Semaphore(config.limits.max_concurrent_computations)
+        self._tasks: list[asyncio.Task] = []
+        self._loaded: set[str] = set()
+        self._pending = 0
+        self._last_bar: dict[str, int] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Health NOT_SERVING until data is loaded; follow the refresher's events and health."""
+        for name in ("", SERVICE, *self.catalogue.markets, *self.catalogue.aggregates):
+            await self.health.set(name, NOT_SERVING)
+        self._tasks = [asyncio.create_task(self._follow_updates(), name="follow updates"),
+                       asyncio.create_task(self._follow_health(), name="follow health")]
+
+    async def begin_shutdown(self) -> None:
+        """Health NOT_SERVING everywhere, refuse new streams, end open streams with status OK."""
+        self.closing = True
+        await self.health.enter_graceful_shutdown()
+        for topic in list(self.topics.values()):
+            topic.stop()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for topic in list(self.topics.values()):
+            topic.stop()
+
+    async def _follow_updates(self) -> None:
+        queue = self.refresher.subscribe()
+        try:
+            while True:
+                event = await queue.get()
+                if event.market not in self.versions:
+                    continue
+                # a newest bar we have not seen also counts, in case the bounded queue dropped an event
+                if event.bars_changed or event.last_bar_ms != self._last_bar.get(event.market):
+                    self.versions[event.market] += 1
+                    self._last_bar[event.market] = event.last_bar_ms
+                if event.price and math.isfinite(event.price) and event.price > 0:
+                    self.prices[event.market] = float(event.price)
+                for topic in self.topics.values():
+                    if event.market in topic.markets:
+                        topic.wake()
+                try:
+                    await self._update_health()
+                except Exception as exc:  # health is also polled; keep following updates
+                    log.warning("health update failed: %s", exc)
+        finally:
+            self.refresher.unsubscribe(queue)
+
+    async def _follow_health(self) -> None:
+        while True:
+            try:
+                await self._update_health()
+            except Exception as exc:  # e.g. the store is briefly locked; try again next poll
+                log.warning("health update failed: %s", exc)
+            await asyncio.sleep(HEALTH_POLL_S)
+
+    async def _update_health(self) -> None:
+        state = self.refresher.health()
+        ready = {m for m in self.catalogue.markets if m in state and state[m].ready}
+        self._loaded |= ready
+        for m in self.catalogue.markets:
+            await self.health.set(m, SERVING if m in ready else NOT_SERVING)
+        for agg, parts in self.catalogue.aggregates.items():
+            await self.health.set(agg, SERVING if ready.intersection(parts) else NOT_SERVING)
+        overall = SERVING if ready else NOT_SERVING
+        await self.health.set("", overall)
+        await self.health.set(SERVICE, overall)
+
+    # ---- views -----------------------------------------------------------------------------
+
+    def _ready(self, key: ViewKey) -> tuple[str, ...]:
+        if self._loaded.issuperset(key.components):   # a market once loaded stays loaded
+            return key.components
+        state = self.refresher.health()
+        self._loaded |= {m for m, h in state.items() if h.ready}
+        ready = tuple(m for m in key.components if m in state and state[m].ready)
+        if not ready:
+            status = ", ".join(f"{m} {state[m].status if m in state else 'loading'}" for m in key.components)
+            raise unavailable(f"{key.market}: data is not loaded yet ({status}); retry shortly")
+        return ready
+
+    def data_version(self, key: ViewKey) -> tuple:
+        return tuple((m, self.versions[m]) for m in self._ready(key))
+
+    async def heatmap(self, key: ViewKey) -> Heatmap:
+        """The view at the current data version: cached, or computed once however many ask."""
+        version = self.data_version(key)
+        ck = (key, version)
+        hm = self._cache.get(ck)
+        if hm is not None:
+            self._cache.move_to_end(ck)
+            return hm
+        task = self._inflight.get(ck)
+        if task is None:
+            task = asyncio.ensure_future(self._compute(key, [m for m, _ in version]))
+            self._inflight[ck] = task
+            task.add_done_callback(lambda t: self._computed(ck, t))
+        return await asyncio.shield(task)
+
+    def _computed(self, ck: tuple, task: asyncio.Task) -> None:
+        self._inflight.pop(ck, None)
+        if task.cancelled() or task.exception() is not None:
+            return
+        for old in [k for k in self._cache if k[0] == ck[0]]:  # older versions of this view are dead
+            self._cache_bytes -= _nbytes(self._cache.pop(old))
+        hm = task.result()
+        self._cache[ck] = hm
+        self._cache_bytes += _nbytes(hm)
+        while len(self._cache) > 1 and (len(self._cache) > self.config.limits.cache_views
+                                        or self._cache_bytes > CACHE_BYTES):
+            self._cache_bytes -= _nbytes(self._cache.popitem(last=False)[1])
+
+    async def _compute(self, key: ViewKey, markets: list[str]) -> Heatmap:
+        if self._pending >= MAX_PENDING:
+            raise exhausted(f"{self._pending} distinct views are being computed; retry shortly")
+        self._pending += 1
+        try:
+            async with self._slots:
+                self.computations += 1
+                return await asyncio.to_thread(self._compute_now, key, markets)
+        finally:
+            self._pending -= 1
+
+    def _compute_now(self, key: ViewKey, markets: list[str]) -> Heatmap:
+        """Load the window's bars (plus a day for the open interest before it) and run the engine."""
+        span = LOOKBACKS[key.lookback]
+        bars = {}
+        for m in markets:
+            last = self.store.last_time(m)
+            if last is not None:
+                bars[m] = self.store.load(m, start_ms=last - span - DAY_MS)
+        if not bars:
+            raise unavailable(f"{key.market}: no bars stored yet; retry shortly")
+        kw = dict(lookback=key.lookback, columns=key.columns, rows=key.rows, price_range=key.price_range,
+                  params=self.config.params, backend=self.config.backend, per_tier=key.per_tier)
+        try:
+            if key.aggregate:
+                return compute_aggregate(bars, **kw)
+            (market, b), = bars.items()
+            return compute_heatmap(b, market=market, **kw)
+        except ValueError as exc:
+            field = "view.price_range" if "price_range" in str(exc) else "view"
+            raise invalid([(field, str(exc))]) from None
+
+    def price(self, key: ViewKey, hm: Heatmap) -> float:
+        """The current price: the refresher's latest (mean over an aggregate's exchanges), else the last close."""
+        known = [self.prices[m] for m in hm.markets if m in self.prices]
+        return float(sum(known) / len(known)) if known else hm.price
+
+    def _remember(self, ck: tuple, data: bytes) -> bytes:
+        if len(data) <= RESPONSE_CACHE_MAX:
+            self._responses[ck] = data
+            while len(self._responses) > RESPONSE_CACHE:
+                self._responses.popitem(last=False)
+        return data
+
+    # ---- RPCs ------------------------------------------------------------------------------
+
+    def _authorize(self, context) -> None:
+        token = self.config.auth_token
+        if token is None:
+            return
+        got = dict(context.invocation_metadata() or ()).get("authorization")
+        if got != f"Bearer {token}":
+            raise unauthenticated("missing or wrong token: send metadata 'authorization: Bearer TOKEN'")
+
+    async def _unary(self, context, produce) -> bytes:
+        try:
+            self._authorize(context)
+            return await produce()
+        except RequestError as exc:
+            await context.abort_with_status(exc.status())
+
+    async def ListMarkets(self, request, context) -> bytes:
+        return await self._unary(context, self._list_markets)
+
+    async def _list_markets(self) -> bytes:
+        state = self.refresher.health()
+        order = ["ok", "loading", "degraded", "failing"]
+        out = pb.ListMarketsResponse(lookbacks=self.catalogue.lookbacks, max_cells=self.catalogue.max_cells,
+                                     parameters=messages.parameters(self.config.params))
+        for name, parts in [(m, (m,)) for m in self.catalogue.markets] + list(self.catalogue.aggregates.items()):
+            exchange, _, symbol = name.partition(":")
+            info = out.markets.add(market=name, exchange=exchange, symbol=symbol, aggregate=exchange == "all",
+                                   components=parts if exchange == "all" else ())
+            known = [state[m] for m in parts if m in state]
+            worst = max((h.status for h in known), key=order.index, default="loading")
+            if len(known) < len(parts):
+                worst = "loading"
+            info.status = messages.STATUS[worst]
+            last = [h.last_bar_ms for h in known if h.last_bar_ms is not None]
+            if last:
+                info.last_bar_time.CopyFrom(messages.timestamp(min(last)))
+            lags = [h.lag_s for h in known if h.lag_s is not None]
+            if lags:
+                info.lag_seconds = max(lags)
+            info.last_error = "; ".join(f"{h.market}: {h.last_error}" for h in known if h.last_error)
+        return out.SerializeToString()
+
+    async def GetHeatmap(self, request, context) -> bytes:
+        async def produce():
+            key, zopts, gopts = self._check_heatmap_request(request)
+            hm = await self.heatmap(key)
+            price = self.price(key, hm)
+            ck = ("heatmap", key, self.data_version(key), price, zopts, gopts)
+            if ck in self._responses:
+                return self._responses[ck]
+            heat = await asyncio.to_thread(messages.heatmap, key, hm, gopts)
+            msg = pb.GetHeatmapResponse(heatmap=heat, zones=messages.zone_report(key, hm, price, zopts))
+            return self._remember(ck, msg.SerializeToString())
+        return await self._unary(context, produce)
+
+    async def GetZones(self, request, context) -> bytes:
+        async def produce():
+            key, zopts = check_all(lambda: self.catalogue.view(request.view),
+                                   lambda: zone_opts(request.zone_options))
+            hm = await self.heatmap(key)
+            price = self.price(key, hm)
+            ck = ("zones", key, self.data_version(key), price, zopts)
+            if ck in self._responses:
+                self._responses.move_to_end(ck)
+                return self._responses[ck]
+            msg = pb.GetZonesResponse(zones=messages.zone_report(key, hm, price, zopts))
+            return self._remember(ck, msg.SerializeToString())
+        return await self._unary(context, produce)
+
+    def _check_heatmap_request(self, request):
+        return check_all(lambda: self.catalogue.view(request.view, per_tier=request.include_tiers),
+                         lambda: zone_opts(request.zone_options), lambda: grid_opts(request))
+
+    async def StreamHeatmap(self, request, context):
+        def make():
+            key, zopts, gopts = self._check_heatmap_request(request)
+            tkey = ("view", key, request.zones_only, zopts, None if request.zones_only else gopts)
+            return tkey, lambda: ViewTopic(self, key, request.zones_only, zopts, gopts,
+                                           self.config.limits.queue_depth)
+        async for data in self._stream(context, make):
+            yield data
+
+    async def StreamZones(self, request, context):
+        def make():
+            limit = self.config.limits.max_stream_views
+            if not 1 <= len(request.views) <= limit:
+                raise invalid([("views", f"give between 1 and {limit} views, got {len(request.views)}")])
+            checks = [lambda i=i, v=v: self.catalogue.view(v, f"views[{i}]") for i, v in enumerate(request.views)]
+            *keys, zopts = check_all(*checks, lambda: zone_opts(request.zone_options))
+            return ("zones", tuple(keys), zopts), lambda: ZonesTopic(self, tuple(keys), zopts,
+                                                                     self.config.limits.queue_depth)
+        async for data in self._stream(context, make):
+            yield data
+
+    async def _stream(self, context, make):
+        """Join (or start) the shared topic, send its snapshot, then its updates until either side ends."""
+        try:
+            self._authorize(context)
+            tkey, factory = make()
+            topic, sub = await self._subscribe(tkey, factory)
+        except RequestError as exc:
+            await context.abort_with_status(exc.status())
+            return
+        try:
+            yield topic.snapshot()
+            while (data := await sub.next(topic)) is not None:
+                yield data
+        finally:
+            topic.subscribers.discard(sub)
+            self.streams -= 1
+            self._release(tkey, topic)
+
+    def _release(self, tkey, topic) -> None:
+        """Stop a topic nobody reads or is joining."""
+        if not topic.subscribers and not topic.joining:
+            topic.stop()
+            if self.topics.get(tkey) is topic:
+                del self.topics[tkey]
+
+    async def _subscribe(self, tkey, factory):
+        if self.closing:
+            raise unavailable("the server is shutting down")
+        if self.streams >= self.config.limits.max_streams:
+            raise exhausted(f"the server holds its limit of {self.config.limits.max_streams} streams; retry later")
+        self.streams += 1
+        topic = self.topics.get(tkey)
+        if topic is None:
+            topic = self.topics[tkey] = factory()
+            topic.started = asyncio.ensure_future(topic.start())
+        topic.joining += 1
+        try:
+            await asyncio.shield(topic.started)
+            if self.closing:
+                raise unavailable("the server is shutting down")
+            return topic, topic.subscribe()
+        except BaseException:
+            self.streams -= 1
+            raise
+        finally:
+            topic.joining -= 1
+            self._release(tkey, topic)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """Method handlers that take and give bytes: requests are parsed here, so corrupt ones get
+        INVALID_ARGUMENT, and responses are already serialized (once, however many receive them)."""
+
+        async def parse(raw: bytes, request_type, context):
+            try:
+                return request_type.FromString(raw)
+            except DecodeError as exc:
+                error = invalid([("request", f"not a valid {request_type.DESCRIPTOR.full_name}: {exc}")])
+                await context.abort_with_status(error.status())
+
+        def unary(method, request_type):
+            async def call(raw, context):
+                return await method(await parse(raw, request_type, context), context)
+            return grpc.unary_unary_rpc_method_handler(call)
+
+        def stream(method, request_type):
+            async def call(raw, context):
+                async for data in method(await parse(raw, request_type, context), context):
+                    yield data
+            return grpc.unary_stream_rpc_method_handler(call)
+
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "ListMarkets": unary(self.ListMarkets, pb.ListMarketsRequest),
+            "GetHeatmap": unary(self.GetHeatmap, pb.GetHeatmapRequest),
+            "GetZones": unary(self.GetZones, pb.GetZonesRequest),
+            "StreamHeatmap": stream(self.StreamHeatmap, pb.StreamHeatmapRequest),
+            "StreamZones": stream(self.StreamZones, pb.StreamZonesRequest),
+        })
+
+
+class Server:
+    """A grpc.aio server around HeatmapService, with health, reflection, keepalive and size limits."""
+
+    def __init__(self, config, store, refresher):
+        self.config = config
+        self.service = HeatmapService(config, store, refresher)
+        self.grpc: grpc.aio.Server | None = None
+        self.port: int | None = None
+
+    def options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_send_message_length", self.config.max_message_bytes()),
+            ("grpc.max_receive_message_length", 1 << 20),   # requests are small
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+
+    async def start(self, listen: str | None = None) -> int:
+        """Bind and start serving (health NOT_SERVING until data is loaded); returns the port."""
+        self.grpc = grpc.aio.server(options=self.options())
+        self.grpc.add_generic_rpc_handlers((self.service.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.service.health, self.grpc)
+        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
+        address = listen or self.config.listen
+        try:
+            self.port = self.grpc.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ValueError(f"cannot listen on {address}: {exc}") from None
+        if not self.port:
+            raise ValueError(f"cannot listen on {address}")
+        await self.service.start()   # health NOT_SERVING before the first call can ask
+        await self.grpc.start()
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Graceful: NOT_SERVING, open streams end with OK, in-flight calls get `grace` seconds."""
+        await self.service.begin_shutdown()
+        if self.grpc is not None:
+            await self.grpc.stop(grace)
+        await self.service.stop()

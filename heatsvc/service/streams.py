@@ -1,0 +1,97 @@
+"""The two kinds of shared stream: one view's heatmap/zone updates, and many views' zone reports."""
+from __future__ import annotations
+
+import asyncio
+
+from ..v1 import heatmap_service_pb2 as pb
+from . import messages
+from .fanout import Topic
+from .views import GridOpts, ViewKey, ZoneOpts
+
+
+class ViewTopic(Topic):
+    """StreamHeatmap: a new heatmap + zones when the bars change, zones alone when only the price moves."""
+
+    def __init__(self, service, key: ViewKey, zones_only: bool, zopts: ZoneOpts, gopts: GridOpts, depth: int):
+        super().__init__(key.components, depth)
+        self.service, self.key, self.zones_only, self.zopts, self.gopts = service, key, zones_only, zopts, gopts
+        self.debounce_s = 0.05 if key.aggregate else 0.0
+        self.hm = None
+        self.price = None
+        self.heatmap_msg: pb.Heatmap | None = None
+        self.zones_msg: pb.ZoneReport | None = None
+
+    async def _state(self):
+        hm = await self.service.heatmap(self.key)
+        price = self.service.price(self.key, hm)
+        if hm is self.hm and price == self.price:
+            return None
+        grid_changed = hm is not self.hm
+        self.zones_msg = messages.zone_report(self.key, hm, price, self.zopts)
+        if grid_changed and not self.zones_only:
+            self.heatmap_msg = await asyncio.to_thread(messages.heatmap, self.key, hm, self.gopts)
+        self.hm, self.price = hm, price
+        return grid_changed
+
+    async def initial(self) -> None:
+        await self._state()
+
+    async def refresh(self):
+        grid_changed = await self._state()
+        if grid_changed is None:
+            return None
+        self.sequence += 1
+        kind = pb.UPDATE_KIND_HEATMAP if grid_changed else pb.UPDATE_KIND_ZONES
+        msg = pb.StreamHeatmapResponse(sequence=self.sequence, kind=kind, zones=self.zones_msg)
+        if grid_changed and not self.zones_only:
+            msg.heatmap.CopyFrom(self.heatmap_msg)
+        return msg
+
+    def snapshot_message(self):
+        msg = pb.StreamHeatmapResponse(sequence=self.sequence, kind=pb.UPDATE_KIND_SNAPSHOT, zones=self.zones_msg)
+        if not self.zones_only:
+            msg.heatmap.CopyFrom(self.heatmap_msg)
+        return msg
+
+    def skip_suffix(self, skipped: int) -> bytes:
+        return pb.StreamHeatmapResponse(gap_skipped=True, skipped_updates=skipped).SerializeToString()
+
+
+class ZonesTopic(Topic):
+    """StreamZones: every view's zone report first, then the reports of the views that changed."""
+
+    def __init__(self, service, keys: tuple[ViewKey, ...], zopts: ZoneOpts, depth: int):
+        super().__init__({m for k in keys for m in k.components}, depth)
+        self.service, self.keys, self.zopts = service, keys, zopts
+        self.debounce_s = 0.05
+        self.state = [(None, None)] * len(keys)
+        self.reports: list[pb.ZoneReport | None] = [None] * len(keys)
+
+    async def _changed(self) -> list[int]:
+        heatmaps = await asyncio.gather(*(self.service.heatmap(k) for k in self.keys))
+        changed = []
+        for i, (key, hm) in enumerate(zip(self.keys, heatmaps)):
+            price = self.service.price(key, hm)
+            if hm is not self.state[i][0] or price != self.state[i][1] or self.reports[i] is None:
+                self.reports[i] = messages.zone_report(key, hm, price, self.zopts)
+                self.state[i] = (hm, price)
+                changed.append(i)
+        return changed
+
+    async def initial(self) -> None:
+        await self._changed()
+
+    async def refresh(self):
+        changed = await self._changed()
+        if not changed:
+            return None
+        self.sequence += 1
+        return pb.StreamZonesResponse(sequence=self.sequence, kind=pb.UPDATE_KIND_ZONES,
+                                      reports=[pb.ViewZones(view_index=i, zones=self.reports[i]) for i in changed])
+
+    def snapshot_message(self):
+        return pb.StreamZonesResponse(sequence=self.sequence, kind=pb.UPDATE_KIND_SNAPSHOT,
+                                      reports=[pb.ViewZones(view_index=i, zones=r) for i, r in enumerate(self.reports)])
+
+    def skip_suffix(self, skipped: int) -> bytes:
+        return pb.StreamZonesResponse(gap_skipped=True, skipped_updates=skipped).SerializeToString()

@@ -1,0 +1,148 @@
+"""Which markets the server serves and what a request asks for: validated, hashable view keys."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..engine import MAX_COLUMNS, MAX_ROWS
+from .errors import RequestError, invalid, not_found
+
+DEFAULT_ROWS = 400
+DEFAULT_COLUMNS = 288
+DEFAULT_THRESHOLD = 0.2
+DEFAULT_TOP = 5
+MAX_TOP = 100
+
+
+@dataclass(frozen=True)
+class ViewKey:
+    """One distinct view: what the engine computes once per data version and the cache keys on."""
+    market: str
+    components: tuple[str, ...]
+    lookback: str
+    rows: int
+    columns: int
+    price_range: tuple[float, float] | None
+    per_tier: bool = False
+
+    @property
+    def aggregate(self) -> bool:
+        return self.market.startswith("all:")
+
+
+@dataclass(frozen=True)
+class ZoneOpts:
+    threshold: float = DEFAULT_THRESHOLD
+    top: int = DEFAULT_TOP
+
+
+@dataclass(frozen=True)
+class GridOpts:
+    """What a heatmap message includes beyond the notional grids."""
+    candles: bool = False
+    intensity: bool = False
+    boost: float = 1.0
+    tiers: bool = False
+
+
+class Catalogue:
+    """The served markets, their aggregates ("all:SYMBOL") and the offered lookbacks."""
+
+    def __init__(self, markets: list[str], lookbacks: tuple[str, ...], max_cells: int, tiers: int):
+        self.markets = list(markets)
+        self.exchanges = sorted({m.split(":", 1)[0] for m in markets})
+        self.aggregates: dict[str, tuple[str, ...]] = {}
+        for m in markets:
+            symbol = m.split(":", 1)[1]
+            self.aggregates.setdefault(f"all:{symbol}", ())
+            self.aggregates[f"all:{symbol}"] += (m,)
+        self.lookbacks = lookbacks
+        self.max_cells = max_cells
+        self.tiers = tiers
+
+    def components(self, market: str, field: str = "view.market") -> tuple[str, ...]:
+        """The single-exchange markets a view of `market` reads; NOT_FOUND if not served."""
+        exchange, sep, symbol = market.partition(":")
+        if not sep or not exchange or not symbol:
+            raise invalid([(field, f"market {market!r} must be 'exchange:SYMBOL' or 'all:SYMBOL'")])
+        if market in self.aggregates:
+            return self.aggregates[market]
+        if market in self.markets:
+            return (market,)
+        if exchange != "all" and exchange not in self.exchanges:
+            raise not_found(f"exchange {exchange!r} is not served; exchanges: {', '.join(self.exchanges)}")
+        served = sorted(self.markets) + sorted(self.aggregates)
+        raise not_found(f"market {market!r} is not served; markets: {', '.join(served)}")
+
+    def view(self, msg, field: str = "view", per_tier: bool = False) -> ViewKey:
+        """Validate a heatsvc.v1.View; every bad field is named in one INVALID_ARGUMENT."""
+        bad: list[tuple[str, str]] = []
+        components = self.components(msg.market, f"{field}.market")
+        if msg.lookback not in self.lookbacks:
+            known = ", ".join(self.lookbacks)
+            why = "is required" if not msg.lookback else f"{msg.lookback!r} is not offered"
+            bad.append((f"{field}.lookback", f"lookback {why}; use one of {known}"))
+        rows = msg.rows or DEFAULT_ROWS
+        columns = msg.columns or DEFAULT_COLUMNS
+        if rows > MAX_ROWS:
+            bad.append((f"{field}.rows", f"rows must be in [1, {MAX_ROWS}], got {rows}"))
+        if columns > MAX_COLUMNS:
+            bad.append((f"{field}.columns", f"columns must be in [1, {MAX_COLUMNS}], got {columns}"))
+        if rows * columns > self.max_cells:
+            bad.append((f"{field}.rows", f"rows x columns = {rows} x {columns} = {rows * columns} exceeds "
+                                         f"the limit of {self.max_cells} cells"))
+        if per_tier and rows * columns * self.tiers > self.max_cells:
+            bad.append(("include_tiers", f"per-tier grids need rows x columns x tiers <= {self.max_cells}, got "
+                                         f"{rows} x {columns} x {self.tiers} = {rows * columns * self.tiers}"))
+        price_range = None
+        if msg.HasField("price_range"):
+            lo, hi = msg.price_range.low, msg.price_range.high
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+                bad.append((f"{field}.price_range", f"price range must satisfy 0 < low < high (finite), "
+                                                    f"got low={lo} high={hi}"))
+            else:
+                price_range = (lo, hi)
+        if bad:
+            raise invalid(bad)
+        return ViewKey(msg.market, components, msg.lookback, rows, columns, price_range, per_tier)
+
+
+def zone_opts(msg, field: str = "zone_options") -> ZoneOpts:
+    """Validate heatsvc.v1.ZoneOptions (threshold in [0, 1), top <= 100)."""
+    bad = []
+    threshold = msg.threshold if msg.HasField("threshold") else DEFAULT_THRESHOLD
+    if not 0 <= threshold < 1:  # NaN fails too
+        bad.append((f"{field}.threshold", f"threshold must be in [0, 1), got {threshold}"))
+    top = msg.top or DEFAULT_TOP
+    if top > MAX_TOP:
+        bad.append((f"{field}.top", f"top must be at most {MAX_TOP}, got {top}"))
+    if bad:
+        raise invalid(bad)
+    return ZoneOpts(threshold, top)
+
+
+def grid_opts(request) -> GridOpts:
+    """Validate the heatmap extras of a GetHeatmap or StreamHeatmap request (boost in (0, 1])."""
+    boost = request.boost if request.HasField("boost") else 1.0
+    if not 0 < boost <= 1:
+        raise invalid([("boost", f"boost must be in (0, 1], got {boost}")])
+    return GridOpts(request.include_candles, request.include_intensity, boost, request.include_tiers)
+
+
+def check_all(*checks) -> list:
+    """Run several validations and raise one INVALID_ARGUMENT naming every bad field of all of them.
+
+    Non-INVALID_ARGUMENT errors (NOT_FOUND) propagate at once.
+    """
+    results, bad = [], []
+    for check in checks:
+        try:
+            results.append(check())
+        except RequestError as exc:
+            if not exc.violations:
+                raise
+            bad += exc.violations
+            results.append(None)
+    if bad:
+        raise invalid(bad)
+    return results

@@ -1,0 +1,386 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class MarketStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MARKET_STATUS_UNSPECIFIED: _ClassVar[MarketStatus]
+    MARKET_STATUS_LOADING: _ClassVar[MarketStatus]
+    MARKET_STATUS_OK: _ClassVar[MarketStatus]
+    MARKET_STATUS_DEGRADED: _ClassVar[MarketStatus]
+    MARKET_STATUS_FAILING: _ClassVar[MarketStatus]
+
+class ZoneSide(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ZONE_SIDE_UNSPECIFIED: _ClassVar[ZoneSide]
+    ZONE_SIDE_SHORT: _ClassVar[ZoneSide]
+    ZONE_SIDE_LONG: _ClassVar[ZoneSide]
+
+class SkewLabel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SKEW_LABEL_UNSPECIFIED: _ClassVar[SkewLabel]
+    SKEW_LABEL_UP: _ClassVar[SkewLabel]
+    SKEW_LABEL_DOWN: _ClassVar[SkewLabel]
+    SKEW_LABEL_BALANCED: _ClassVar[SkewLabel]
+
+class UpdateKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPDATE_KIND_UNSPECIFIED: _ClassVar[UpdateKind]
+    UPDATE_KIND_SNAPSHOT: _ClassVar[UpdateKind]
+    UPDATE_KIND_HEATMAP: _ClassVar[UpdateKind]
+    UPDATE_KIND_ZONES: _ClassVar[UpdateKind]
+MARKET_STATUS_UNSPECIFIED: MarketStatus
+MARKET_STATUS_LOADING: MarketStatus
+MARKET_STATUS_OK: MarketStatus
+MARKET_STATUS_DEGRADED: MarketStatus
+MARKET_STATUS_FAILING: MarketStatus
+ZONE_SIDE_UNSPECIFIED: ZoneSide
+ZONE_SIDE_SHORT: ZoneSide
+ZONE_SIDE_LONG: ZoneSide
+SKEW_LABEL_UNSPECIFIED: SkewLabel
+SKEW_LABEL_UP: SkewLabel
+SKEW_LABEL_DOWN: SkewLabel
+SKEW_LABEL_BALANCED: SkewLabel
+UPDATE_KIND_UNSPECIFIED: UpdateKind
+UPDATE_KIND_SNAPSHOT: UpdateKind
+UPDATE_KIND_HEATMAP: UpdateKind
+UPDATE_KIND_ZONES: UpdateKind
+
+class PriceRange(_message.Message):
+    __slots__ = ("low", "high")
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    low: float
+    high: float
+    def __init__(self, low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
+
+class View(_message.Message):
+    __slots__ = ("market", "lookback", "rows", "columns", "price_range")
+    MARKET_FIELD_NUMBER: _ClassVar[int]
+    LOOKBACK_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    PRICE_RANGE_FIELD_NUMBER: _ClassVar[int]
+    market: str
+    lookback: str
+    rows: int
+    columns: int
+    price_range: PriceRange
+    def __init__(self, market: _Optional[str] = ..., lookback: _Optional[str] = ..., rows: _Optional[int] = ..., columns: _Optional[int] = ..., price_range: _Optional[_Union[PriceRange, _Mapping]] = ...) -> None: ...
+
+class ZoneOptions(_message.Message):
+    __slots__ = ("threshold", "top")
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    threshold: float
+    top: int
+    def __init__(self, threshold: _Optional[float] = ..., top: _Optional[int] = ...) -> None: ...
+
+class Zone(_message.Message):
+    __slots__ = ("side", "price_low", "price_high", "peak_price", "notional", "intensity", "distance_pct", "proximity_weight")
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    PRICE_LOW_FIELD_NUMBER: _ClassVar[int]
+    PRICE_HIGH_FIELD_NUMBER: _ClassVar[int]
+    PEAK_PRICE_FIELD_NUMBER: _ClassVar[int]
+    NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    INTENSITY_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_PCT_FIELD_NUMBER: _ClassVar[int]
+    PROXIMITY_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    side: ZoneSide
+    price_low: float
+    price_high: float
+    peak_price: float
+    notional: float
+    intensity: float
+    distance_pct: float
+    proximity_weight: float
+    def __init__(self, side: _Optional[_Union[ZoneSide, str]] = ..., price_low: _Optional[float] = ..., price_high: _Optional[float] = ..., peak_price: _Optional[float] = ..., notional: _Optional[float] = ..., intensity: _Optional[float] = ..., distance_pct: _Optional[float] = ..., proximity_weight: _Optional[float] = ...) -> None: ...
+
+class LiquidationCurve(_message.Message):
+    __slots__ = ("price", "notional")
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    price: _containers.RepeatedScalarFieldContainer[float]
+    notional: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, price: _Optional[_Iterable[float]] = ..., notional: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ZoneReport(_message.Message):
+    __slots__ = ("market", "lookback", "price", "above", "below", "total_above", "total_below", "skew", "skew_label", "magnet", "v_max", "long_curve", "short_curve", "data_time", "threshold")
+    MARKET_FIELD_NUMBER: _ClassVar[int]
+    LOOKBACK_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    ABOVE_FIELD_NUMBER: _ClassVar[int]
+    BELOW_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ABOVE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BELOW_FIELD_NUMBER: _ClassVar[int]
+    SKEW_FIELD_NUMBER: _ClassVar[int]
+    SKEW_LABEL_FIELD_NUMBER: _ClassVar[int]
+    MAGNET_FIELD_NUMBER: _ClassVar[int]
+    V_MAX_FIELD_NUMBER: _ClassVar[int]
+    LONG_CURVE_FIELD_NUMBER: _ClassVar[int]
+    SHORT_CURVE_FIELD_NUMBER: _ClassVar[int]
+    DATA_TIME_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    market: str
+    lookback: str
+    price: float
+    above: _containers.RepeatedCompositeFieldContainer[Zone]
+    below: _containers.RepeatedCompositeFieldContainer[Zone]
+    total_above: float
+    total_below: float
+    skew: float
+    skew_label: SkewLabel
+    magnet: Zone
+    v_max: float
+    long_curve: LiquidationCurve
+    short_curve: LiquidationCurve
+    data_time: _timestamp_pb2.Timestamp
+    threshold: float
+    def __init__(self, market: _Optional[str] = ..., lookback: _Optional[str] = ..., price: _Optional[float] = ..., above: _Optional[_Iterable[_Union[Zone, _Mapping]]] = ..., below: _Optional[_Iterable[_Union[Zone, _Mapping]]] = ..., total_above: _Optional[float] = ..., total_below: _Optional[float] = ..., skew: _Optional[float] = ..., skew_label: _Optional[_Union[SkewLabel, str]] = ..., magnet: _Optional[_Union[Zone, _Mapping]] = ..., v_max: _Optional[float] = ..., long_curve: _Optional[_Union[LiquidationCurve, _Mapping]] = ..., short_curve: _Optional[_Union[LiquidationCurve, _Mapping]] = ..., data_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., threshold: _Optional[float] = ...) -> None: ...
+
+class Grid(_message.Message):
+    __slots__ = ("rows", "columns", "data")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    columns: int
+    data: bytes
+    def __init__(self, rows: _Optional[int] = ..., columns: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class Tier(_message.Message):
+    __slots__ = ("leverage", "weight", "maintenance_margin", "half_life_days")
+    LEVERAGE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MAINTENANCE_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    HALF_LIFE_DAYS_FIELD_NUMBER: _ClassVar[int]
+    leverage: float
+    weight: float
+    maintenance_margin: float
+    half_life_days: float
+    def __init__(self, leverage: _Optional[float] = ..., weight: _Optional[float] = ..., maintenance_margin: _Optional[float] = ..., half_life_days: _Optional[float] = ...) -> None: ...
+
+class ModelParameters(_message.Message):
+    __slots__ = ("tiers", "step", "range_margin")
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    RANGE_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    tiers: _containers.RepeatedCompositeFieldContainer[Tier]
+    step: _duration_pb2.Duration
+    range_margin: float
+    def __init__(self, tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ..., step: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., range_margin: _Optional[float] = ...) -> None: ...
+
+class Candles(_message.Message):
+    __slots__ = ("open", "high", "low", "close")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    open: _containers.RepeatedScalarFieldContainer[float]
+    high: _containers.RepeatedScalarFieldContainer[float]
+    low: _containers.RepeatedScalarFieldContainer[float]
+    close: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, open: _Optional[_Iterable[float]] = ..., high: _Optional[_Iterable[float]] = ..., low: _Optional[_Iterable[float]] = ..., close: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class TierGrids(_message.Message):
+    __slots__ = ("tier", "long_notional", "short_notional")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    LONG_NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    SHORT_NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    tier: int
+    long_notional: Grid
+    short_notional: Grid
+    def __init__(self, tier: _Optional[int] = ..., long_notional: _Optional[_Union[Grid, _Mapping]] = ..., short_notional: _Optional[_Union[Grid, _Mapping]] = ...) -> None: ...
+
+class Heatmap(_message.Message):
+    __slots__ = ("market", "markets", "lookback", "long_notional", "short_notional", "price_edges", "column_times", "bars_per_column", "candles", "swept_long", "swept_short", "off_range_long", "off_range_short", "current_price", "data_time", "parameters", "v_max", "long_intensity", "short_intensity", "tiers")
+    MARKET_FIELD_NUMBER: _ClassVar[int]
+    MARKETS_FIELD_NUMBER: _ClassVar[int]
+    LOOKBACK_FIELD_NUMBER: _ClassVar[int]
+    LONG_NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    SHORT_NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    PRICE_EDGES_FIELD_NUMBER: _ClassVar[int]
+    COLUMN_TIMES_FIELD_NUMBER: _ClassVar[int]
+    BARS_PER_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    CANDLES_FIELD_NUMBER: _ClassVar[int]
+    SWEPT_LONG_FIELD_NUMBER: _ClassVar[int]
+    SWEPT_SHORT_FIELD_NUMBER: _ClassVar[int]
+    OFF_RANGE_LONG_FIELD_NUMBER: _ClassVar[int]
+    OFF_RANGE_SHORT_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    DATA_TIME_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    V_MAX_FIELD_NUMBER: _ClassVar[int]
+    LONG_INTENSITY_FIELD_NUMBER: _ClassVar[int]
+    SHORT_INTENSITY_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    market: str
+    markets: _containers.RepeatedScalarFieldContainer[str]
+    lookback: str
+    long_notional: Grid
+    short_notional: Grid
+    price_edges: _containers.RepeatedScalarFieldContainer[float]
+    column_times: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
+    bars_per_column: int
+    candles: Candles
+    swept_long: _containers.RepeatedScalarFieldContainer[float]
+    swept_short: _containers.RepeatedScalarFieldContainer[float]
+    off_range_long: _containers.RepeatedScalarFieldContainer[float]
+    off_range_short: _containers.RepeatedScalarFieldContainer[float]
+    current_price: float
+    data_time: _timestamp_pb2.Timestamp
+    parameters: ModelParameters
+    v_max: float
+    long_intensity: Grid
+    short_intensity: Grid
+    tiers: _containers.RepeatedCompositeFieldContainer[TierGrids]
+    def __init__(self, market: _Optional[str] = ..., markets: _Optional[_Iterable[str]] = ..., lookback: _Optional[str] = ..., long_notional: _Optional[_Union[Grid, _Mapping]] = ..., short_notional: _Optional[_Union[Grid, _Mapping]] = ..., price_edges: _Optional[_Iterable[float]] = ..., column_times: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., bars_per_column: _Optional[int] = ..., candles: _Optional[_Union[Candles, _Mapping]] = ..., swept_long: _Optional[_Iterable[float]] = ..., swept_short: _Optional[_Iterable[float]] = ..., off_range_long: _Optional[_Iterable[float]] = ..., off_range_short: _Optional[_Iterable[float]] = ..., current_price: _Optional[float] = ..., data_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parameters: _Optional[_Union[ModelParameters, _Mapping]] = ..., v_max: _Optional[float] = ..., long_intensity: _Optional[_Union[Grid, _Mapping]] = ..., short_intensity: _Optional[_Union[Grid, _Mapping]] = ..., tiers: _Optional[_Iterable[_Union[TierGrids, _Mapping]]] = ...) -> None: ...
+
+class ListMarketsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MarketInfo(_message.Message):
+    __slots__ = ("market", "exchange", "symbol", "aggregate", "components", "status", "last_bar_time", "lag_seconds", "last_error")
+    MARKET_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_FIELD_NUMBER: _ClassVar[int]
+    SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LAST_BAR_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    market: str
+    exchange: str
+    symbol: str
+    aggregate: bool
+    components: _containers.RepeatedScalarFieldContainer[str]
+    status: MarketStatus
+    last_bar_time: _timestamp_pb2.Timestamp
+    lag_seconds: float
+    last_error: str
+    def __init__(self, market: _Optional[str] = ..., exchange: _Optional[str] = ..., symbol: _Optional[str] = ..., aggregate: _Optional[bool] = ..., components: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[MarketStatus, str]] = ..., last_bar_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lag_seconds: _Optional[float] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class ListMarketsResponse(_message.Message):
+    __slots__ = ("markets", "lookbacks", "max_cells", "parameters")
+    MARKETS_FIELD_NUMBER: _ClassVar[int]
+    LOOKBACKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CELLS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    markets: _containers.RepeatedCompositeFieldContainer[MarketInfo]
+    lookbacks: _containers.RepeatedScalarFieldContainer[str]
+    max_cells: int
+    parameters: ModelParameters
+    def __init__(self, markets: _Optional[_Iterable[_Union[MarketInfo, _Mapping]]] = ..., lookbacks: _Optional[_Iterable[str]] = ..., max_cells: _Optional[int] = ..., parameters: _Optional[_Union[ModelParameters, _Mapping]] = ...) -> None: ...
+
+class GetHeatmapRequest(_message.Message):
+    __slots__ = ("view", "zone_options", "boost", "include_tiers", "include_candles", "include_intensity")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    ZONE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    BOOST_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_TIERS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_CANDLES_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_INTENSITY_FIELD_NUMBER: _ClassVar[int]
+    view: View
+    zone_options: ZoneOptions
+    boost: float
+    include_tiers: bool
+    include_candles: bool
+    include_intensity: bool
+    def __init__(self, view: _Optional[_Union[View, _Mapping]] = ..., zone_options: _Optional[_Union[ZoneOptions, _Mapping]] = ..., boost: _Optional[float] = ..., include_tiers: _Optional[bool] = ..., include_candles: _Optional[bool] = ..., include_intensity: _Optional[bool] = ...) -> None: ...
+
+class GetHeatmapResponse(_message.Message):
+    __slots__ = ("heatmap", "zones")
+    HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    heatmap: Heatmap
+    zones: ZoneReport
+    def __init__(self, heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., zones: _Optional[_Union[ZoneReport, _Mapping]] = ...) -> None: ...
+
+class GetZonesRequest(_message.Message):
+    __slots__ = ("view", "zone_options")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    ZONE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    view: View
+    zone_options: ZoneOptions
+    def __init__(self, view: _Optional[_Union[View, _Mapping]] = ..., zone_options: _Optional[_Union[ZoneOptions, _Mapping]] = ...) -> None: ...
+
+class GetZonesResponse(_message.Message):
+    __slots__ = ("zones",)
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    zones: ZoneReport
+    def __init__(self, zones: _Optional[_Union[ZoneReport, _Mapping]] = ...) -> None: ...
+
+class StreamHeatmapRequest(_message.Message):
+    __slots__ = ("view", "zone_options", "zones_only", "boost", "include_tiers", "include_candles", "include_intensity")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    ZONE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ZONES_ONLY_FIELD_NUMBER: _ClassVar[int]
+    BOOST_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_TIERS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_CANDLES_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_INTENSITY_FIELD_NUMBER: _ClassVar[int]
+    view: View
+    zone_options: ZoneOptions
+    zones_only: bool
+    boost: float
+    include_tiers: bool
+    include_candles: bool
+    include_intensity: bool
+    def __init__(self, view: _Optional[_Union[View, _Mapping]] = ..., zone_options: _Optional[_Union[ZoneOptions, _Mapping]] = ..., zones_only: _Optional[bool] = ..., boost: _Optional[float] = ..., include_tiers: _Optional[bool] = ..., include_candles: _Optional[bool] = ..., include_intensity: _Optional[bool] = ...) -> None: ...
+
+class StreamHeatmapResponse(_message.Message):
+    __slots__ = ("sequence", "kind", "heatmap", "zones", "gap_skipped", "skipped_updates")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    GAP_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    kind: UpdateKind
+    heatmap: Heatmap
+    zones: ZoneReport
+    gap_skipped: bool
+    skipped_updates: int
+    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., zones: _Optional[_Union[ZoneReport, _Mapping]] = ..., gap_skipped: _Optional[bool] = ..., skipped_updates: _Optional[int] = ...) -> None: ...
+
+class StreamZonesRequest(_message.Message):
+    __slots__ = ("views", "zone_options")
+    VIEWS_FIELD_NUMBER: _ClassVar[int]
+    ZONE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    views: _containers.RepeatedCompositeFieldContainer[View]
+    zone_options: ZoneOptions
+    def __init__(self, views: _Optional[_Iterable[_Union[View, _Mapping]]] = ..., zone_options: _Optional[_Union[ZoneOptions, _Mapping]] = ...) -> None: ...
+
+class ViewZones(_message.Message):
+    __slots__ = ("view_index", "zones")
+    VIEW_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    view_index: int
+    zones: ZoneReport
+    def __init__(self, view_index: _Optional[int] = ..., zones: _Optional[_Union[ZoneReport, _Mapping]] = ...) -> None: ...
+
+class StreamZonesResponse(_message.Message):
+    __slots__ = ("sequence", "kind", "reports", "gap_skipped", "skipped_updates")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    GAP_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    kind: UpdateKind
+    reports: _containers.RepeatedCompositeFieldContainer[ViewZones]
+    gap_skipped: bool
+    skipped_updates: int
+    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., reports: _Optional[_Iterable[_Union[ViewZones, _Mapping]]] = ..., gap_skipped: _Optional[bool] = ..., skipped_updates: _Optional[int] = ...) -> None: ...
