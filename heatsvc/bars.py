@@ -23,6 +23,17 @@ def format_time(ms: int) -> str:
     return datetime.fromtimestamp(int(ms) / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_time(text: str, option: str = "--end") -> int:
+    """ISO time (UTC unless an offset is given) in milliseconds."""
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{option}: {text!r} is not an ISO time such as 2025-10-11T00:00Z") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)
+
+
 def normalize(bars: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Contiguous float64 arrays (int64 times) of equal length; absent optional fields become NaN.
 

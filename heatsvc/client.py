@@ -162,7 +162,7 @@ def snapshot_summary(resp: pb.GetHeatmapResponse) -> str:
         f"newest column: long {money(float(long[:, -1].sum()))}, short {money(float(short[:, -1].sum()))} "
         f"(off range: long {money(h.off_range_long[-1])}, short {money(h.off_range_short[-1])})",
         f"estimated liquidations over the window: long {money(sum(h.swept_long))}, short {money(sum(h.swept_short))}",
-        f"tiers: " + ", ".join(f"{t.leverage:g}x w{t.weight:g} m{t.maintenance_margin:g} "
+        "tiers: " + ", ".join(f"{t.leverage:g}x w{t.weight:g} m{t.maintenance_margin:g} "
                                 f"h{t.half_life_days:g}d" for t in h.parameters.tiers),
         f"zones: {len(z.above)} above, {len(z.below)} below; skew {z.skew:+.2f} "
         f"{pb.SkewLabel.Name(z.skew_label).removeprefix('SKEW_LABEL_')}",

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import zlib
 from datetime import datetime, timezone
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
+from . import bars as barlib
 from .bars import STEP_MS
 
 RECORDED_SYMBOL = "HYPEUSDT"
+RECORDED_MARKET = f"binance:{RECORDED_SYMBOL}"
 KLINES_FILE = "binance-um-HYPEUSDT-klines-5m.csv.gz"
 METRICS_FILE = "binance-um-HYPEUSDT-metrics-5m.csv.gz"
 
@@ -134,39 +138,71 @@ def synthetic_bars(symbol: str = "BTCUSDT", exchange: str = "binance", *, days: 
             "open_interest": oi, "long_short_ratio": ratio}
 
 
-def load(spec: str, *, end_ms: int | None = None) -> tuple[str, dict[str, np.ndarray]]:
-    """Bars named by a --data option: "recorded" (binance:HYPEUSDT), "synthetic:SYMBOL[:EXCHANGE]",
-    or a .npz / .csv file with heatsvc.bars field names. Bars at or after end_ms are left out.
 
-    Returns (market name, bars)."""
-    if spec == "recorded":
-        market, bars = f"binance:{RECORDED_SYMBOL}", recorded_bars()
-    elif spec.startswith("synthetic:"):
-        parts = spec.split(":")
-        symbol = parts[1] if len(parts) > 1 and parts[1] else "BTCUSDT"
-        exchange = parts[2] if len(parts) > 2 else "binance"
-        if exchange not in EXCHANGE_SCALE:
-            raise ValueError(f"--data {spec}: exchange {exchange!r} is unknown; use one of {', '.join(EXCHANGE_SCALE)}")
-        market, bars = f"{exchange}:{symbol}", synthetic_bars(symbol, exchange)
-    elif spec.endswith(".npz"):
+def read_bars_file(path: str) -> dict[str, np.ndarray]:
+    """Bars from an .npz (arrays named as heatsvc.bars.FIELDS) or a CSV with those column names
+    (an empty cell is a missing value); the engine then checks every bar."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--data: {path!r} is not 'recorded', 'synthetic:SYMBOL' or an existing .npz/.csv file")
+    if p.suffix.lower() == ".npz":
         try:
-            with np.load(spec) as f:
-                bars = {k: f[k] for k in f.files}
-        except OSError as exc:
-            raise ValueError(f"--data {spec}: {exc}") from None
-        market = spec
-    elif spec.endswith(".csv"):
-        try:
-            table = np.genfromtxt(spec, delimiter=",", names=True, dtype=None, encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"--data {spec}: {exc}") from None
-        bars = {k: np.asarray(table[k]) for k in table.dtype.names}
-        market = spec
-    else:
-        raise ValueError(f"--data {spec!r}: use 'recorded', 'synthetic:SYMBOL[:EXCHANGE]', or a .npz/.csv file")
-    if end_ms is not None and "time_ms" in bars:
-        keep = np.asarray(bars["time_ms"]) < end_ms
-        if not keep.any():
-            raise ValueError(f"--data {spec}: no bars before the given end")
-        bars = {k: np.asarray(v)[keep] for k, v in bars.items()}
-    return market, bars
+            with np.load(p, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--data: {path!r} is not a readable .npz file: {exc}") from None
+    if p.suffix.lower() != ".csv":
+        raise ValueError(f"--data: {path!r} must be a .npz or .csv bars file")
+    with open(p, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        names = [n.strip() for n in reader.fieldnames or []]
+        missing = [n for n in barlib.REQUIRED if n not in names]
+        if missing:
+            raise ValueError(f"--data: {path!r} lacks column(s) {', '.join(missing)} "
+                             f"(columns are named as heatsvc.bars.FIELDS: {', '.join(barlib.FIELDS)})")
+        columns: dict[str, list] = {n: [] for n in names if n in barlib.FIELDS}
+        for line, row in enumerate(reader, start=2):
+            for name in columns:
+                cell = (row.get(name) or "").strip()
+                try:
+                    columns[name].append(int(cell) if name == "time_ms" else float(cell) if cell else math.nan)
+                except ValueError:
+                    raise ValueError(f"--data: {path!r} line {line}: {name} {cell!r} is not a number") from None
+    if not columns["time_ms"]:
+        raise ValueError(f"--data: {path!r} holds no bars")
+    return {k: np.array(v, dtype=np.int64 if k == "time_ms" else np.float64) for k, v in columns.items()}
+
+
+def load(data: str, market: str | None = None, end_ms: int | None = None) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
+    """Bars named by a --data option, by market, and the view's market name: "recorded" (the crash),
+    "synthetic:SYMBOL" (with --market exchange:SYMBOL or all:SYMBOL), or a .npz/.csv bars file.
+    Bars opening at or after end_ms are left out."""
+    market, by_market = _load(data, market)
+    if end_ms is not None:
+        for name, b in by_market.items():
+            keep = np.asarray(b["time_ms"]) < end_ms
+            if not keep.any():
+                raise ValueError(f"--end {barlib.format_time(end_ms)}: {name} has no bars before it")
+            by_market[name] = {k: np.asarray(v)[keep] for k, v in b.items()}
+    return market, by_market
+
+
+def _load(data: str, market: str | None) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
+    if data == "recorded":
+        if market not in (None, RECORDED_MARKET):
+            raise ValueError(f"--market: the recorded data is {RECORDED_MARKET}, not {market}")
+        return RECORDED_MARKET, {RECORDED_MARKET: recorded_bars()}
+    if data == "synthetic" or data.startswith("synthetic:"):
+        symbol = data.partition(":")[2] or (market or "").partition(":")[2]
+        exchange = (market or f"binance:{symbol}").partition(":")[0]
+        if symbol not in SYMBOLS:
+            raise ValueError(f"--data: synthetic symbol {symbol!r} is unknown; use synthetic:SYMBOL with one of "
+                             f"{', '.join(SYMBOLS)}")
+        market = market or f"binance:{symbol}"
+        if market.partition(":")[2] != symbol or exchange not in (*EXCHANGE_SCALE, "all"):
+            raise ValueError(f"--market: {market!r} does not fit synthetic {symbol}; use exchange:{symbol} with an "
+                             f"exchange of {', '.join(EXCHANGE_SCALE)}, or all:{symbol}")
+        chosen = tuple(EXCHANGE_SCALE) if exchange == "all" else (exchange,)
+        return market, {f"{ex}:{symbol}": synthetic_bars(symbol, ex) for ex in chosen}
+    label = market or Path(data).stem
+    return label, {label: read_bars_file(data)}

@@ -7,24 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import datetime, timezone
 
 from rich.console import Console
 from rich.table import Table
 
 from . import datasets, engine
-from .bars import format_time
-
-
-def parse_time(text: str) -> int:
-    """An ISO time (UTC unless it says otherwise) in milliseconds."""
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"--end {text!r} is not an ISO time such as 2025-10-11T00:00Z") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1000)
+from .bars import format_time, parse_time
 
 
 def add_view_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +27,8 @@ def add_view_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="recorded",
                         help="'recorded' (Binance HYPEUSDT around the 2025-10-10 crash, the default), "
-                             "'synthetic:SYMBOL[:EXCHANGE]', or a .npz/.csv bars file")
+                             "'synthetic:SYMBOL' (with --market exchange:SYMBOL or all:SYMBOL), or a .npz/.csv bars file")
+    parser.add_argument("--market", help="the market to show; all:SYMBOL sums the exchanges (MODEL.md section 8)")
     parser.add_argument("--end", help="leave out bars at or after this ISO time (e.g. 2025-10-11T00:00Z)")
     add_view_arguments(parser)
     parser.add_argument("--backend", default="cython", choices=engine.BACKENDS)
@@ -68,10 +57,13 @@ def report_dict(report, heatmap, market: str) -> dict:
 
 def run(command: str, args: argparse.Namespace) -> int:
     end_ms = parse_time(args.end) if args.end else None
-    market, bars = datasets.load(args.data, end_ms=end_ms)
+    market, by_market = datasets.load(args.data, args.market, end_ms)
+    view = dict(lookback=args.lookback, rows=args.rows, columns=args.columns, backend=args.backend)
     started = time.perf_counter()
-    heatmap = engine.compute_heatmap(bars, lookback=args.lookback, rows=args.rows, columns=args.columns,
-                                     backend=args.backend, market=market)
+    if market.startswith("all:"):
+        heatmap = engine.compute_aggregate(by_market, **view)
+    else:
+        heatmap = engine.compute_heatmap(by_market[market], market=market, **view)
     elapsed = time.perf_counter() - started
     report = engine.zones(heatmap, threshold=args.threshold, top=args.top)
     console = Console()

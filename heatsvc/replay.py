@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from . import datasets
-from .bars import STEP_MS, format_time, normalize
+from .bars import STEP_MS, format_time, normalize, parse_time
 
 DAY_MS = 86_400_000
 DATA_END_MS = 1_760_572_800_000        # 2025-10-16T00:00Z, where the bundled data ends
@@ -1207,17 +1207,6 @@ def archive_quirks(rows: list[list[str]], seed: int) -> list[list[str]]:
 # `heatsvc replay`
 # ---------------------------------------------------------------------------------------------
 
-def parse_time(text: str) -> int:
-    """ISO time (UTC unless an offset is given) in milliseconds; ValueError names the bad value."""
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"--start: {text!r} is not an ISO time such as 2025-10-10T00:00:00Z") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1000)
-
-
 def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     """Options of `heatsvc replay`."""
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -1249,7 +1238,7 @@ def run(command: str, args: argparse.Namespace) -> int:
         raise ValueError(f"--port: {args.port} is not a port number")
     if args.binance_weight < 1:
         raise ValueError(f"--binance-weight: must be at least 1, got {args.binance_weight}")
-    start = parse_time(args.start) if args.start else None
+    start = parse_time(args.start, "--start") if args.start else None
     replay = ReplayExchange(start_ms=start, speed=args.speed, faults=faults, host=args.host, port=args.port,
                             limits=Limits(binance_weight=args.binance_weight), archive_quirks=args.archive_quirks)
     replay.start()

@@ -71,7 +71,7 @@ def test_heatmap_command_prints_zones_and_writes_json(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--lookback", "2w"], "lookback '2w' is unknown"),
-    (["--data", "nowhere.parquet"], "--data 'nowhere.parquet'"),
+    (["--data", "nowhere.parquet"], "--data: 'nowhere.parquet' is not 'recorded'"),
     (["--end", "yesterday"], "not an ISO time"),
     (["--rows", "0"], "rows must be"),
 ])
