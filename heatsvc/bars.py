@@ -139,12 +139,15 @@ def check_times(b: dict[str, np.ndarray], *, market: str, step_ms: int) -> dict[
     t = b["time_ms"]
     if len(t) == 0:
         raise ValueError(f"{market}: no bars")
+    steps = np.diff(t)
+    if t[0] % step_ms == 0 and (steps == step_ms).all():  # the common case: aligned, no gaps
+        return b
     misaligned = np.flatnonzero(t % step_ms)
     if len(misaligned):
         i = misaligned[0]
         raise ValueError(f"{market} bar {format_time(t[i])}: time_ms {t[i]} is not aligned to the "
                          f"{step_ms // 1000} s step")
-    order = np.flatnonzero(np.diff(t) <= 0)
+    order = np.flatnonzero(steps <= 0)
     if len(order):
         i = order[0] + 1
         raise ValueError(f"{market} bar {format_time(t[i])}: time_ms is not strictly increasing "
