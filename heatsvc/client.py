@@ -98,10 +98,11 @@ def iso(ts) -> str:
 
 
 def money(x: float) -> str:
+    """Notional in a few characters: 1.23M, 845.00k, 12.5."""
     for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= size:
             return f"{x / size:,.2f}{unit}"
-    return f"{x:,.0f}"
+    return f"{x:.3g}"
 
 
 def price_text(x: float) -> str:

@@ -27,6 +27,7 @@ from matplotlib.lines import Line2D
 from . import bars as barlib
 from . import datasets
 from . import zones as zonelib
+from .client import money, price_text
 
 DAY_MS = 86_400_000
 CAPTION = "estimated liquidation levels, market-risk context, not a forecast"
@@ -200,18 +201,6 @@ def _panel(ax, height: int) -> Panel:
 
 # ---- text ----------------------------------------------------------------------------------------------
 
-def compact(x: float) -> str:
-    """Notional in a few characters: 1.23M, 845k, 12."""
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= size:
-            return f"{x / size:.3g}{unit}"
-    return f"{x:.3g}"
-
-
-def price_label(p: float) -> str:
-    return f"{p:,.0f}" if p >= 10_000 else f"{p:,.2f}" if p >= 10 else f"{p:.4f}" if p >= 1 else f"{p:.4g}"
-
-
 def utc(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -337,7 +326,7 @@ def _titles(cv: _Canvas, scene: Scene, kind: str, left: float) -> tuple[float, f
     y = 8 * cv.s
     for text, size, weight, colour in (
             (f"{pair}  ·  {exchange}  ·  {scene.lookback} lookback  ·  {what}", 12.5, "bold", cv.t["fg"]),
-            (f"data to {utc(scene.time_end_ms)} (newest bar)  ·  price {price_label(scene.price)}  ·  "
+            (f"data to {utc(scene.time_end_ms)} (newest bar)  ·  price {price_text(scene.price)}  ·  "
              f"{scene.rows} log-spaced price rows x {scene.columns} columns of {col}  ·  "
              f"skew {scene.zones.skew:+.2f} {scene.zones.skew_label}", 8.5, "normal", cv.t["muted"])):
         lines = _wrapped(cv, text, size, left)
@@ -357,7 +346,7 @@ def _zone_labels(cv: _Canvas, ax_panel_right: float, y_of, scene: Scene, top: fl
     h = 13 * cv.s
     x0 = ax_panel_right
     py = y_of(z.price)
-    cv.text(x0 + 6 * cv.s, py, f" {price_label(z.price)} ", fontsize=cv.font(8), fontweight="bold",
+    cv.text(x0 + 6 * cv.s, py, f" {price_text(z.price)} ", fontsize=cv.font(8), fontweight="bold",
             color=cv.t["bg"], va="center", ha="left",
             bbox={"boxstyle": "square,pad=0.15", "facecolor": cv.t["line"], "edgecolor": "none"})
     for side, zs, sign in (("short", z.above, -1), ("long", z.below, 1)):
@@ -370,8 +359,8 @@ def _zone_labels(cv: _Canvas, ax_panel_right: float, y_of, scene: Scene, top: fl
                 continue
             colour = SHORT_COLOUR if side == "short" else LONG_COLOUR
             cv.line([x0, x0 + 4 * cv.s, x0 + 10 * cv.s], [want, want, y], color=colour, lw=cv.pt(1.2))
-            cv.text(x0 + 12 * cv.s, y, f"{'▲' if side == 'short' else '▼'} {price_label(zone.peak_price)}  "
-                                       f"{compact(zone.notional)}  {zone.distance_pct:+.1f}%",
+            cv.text(x0 + 12 * cv.s, y, f"{'▲' if side == 'short' else '▼'} {price_text(zone.peak_price)}  "
+                                       f"{money(zone.notional)}  {zone.distance_pct:+.1f}%",
                     fontsize=cv.font(7.5), color=colour, va="center", ha="left")
 
 
@@ -430,7 +419,7 @@ def render_heatmap(scene: Scene, path: str | os.PathLike, *, width: int = 1200, 
     axb.set_ylim(-peak * 1.12, peak * 1.12)
     axb.axhline(0, color=cv.t["grid"], lw=0.6)
     axb.yaxis.set_major_locator(ticker.MaxNLocator(nbins=max(2, int(bh / (28 * s))), symmetric=True))
-    axb.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: compact(abs(v))))
+    axb.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: money(abs(v))))
     locator = mdates.AutoDateLocator(minticks=3, maxticks=max(3, int(pw / (110 * s))))
     axb.xaxis.set_major_locator(locator)
     axb.xaxis.set_major_formatter(mdates.ConciseDateFormatter(
@@ -446,7 +435,7 @@ def render_heatmap(scene: Scene, path: str | os.PathLike, *, width: int = 1200, 
     cv.fig.colorbar(cm.ScalarMappable(colors.Normalize(0, 1), HEAT_CMAP), cax=cax)
     vmax = scene.v_max
     levels = [0, 0.25, 0.5, 0.75, 1.0]
-    cax.set_yticks(levels, [compact(vmax * q ** (1 / scene.boost)) for q in levels])
+    cax.set_yticks(levels, [money(vmax * q ** (1 / scene.boost)) for q in levels])
     cax.tick_params(labelsize=cv.font(7.5))
     cv.text(width - 8 * s, top - 6 * s, "notional per cell" + (f"\nboost γ {scene.boost:g}" if scene.boost != 1 else ""),
             fontsize=cv.font(7.5), color=cv.t["muted"], ha="right", va="bottom")
@@ -492,7 +481,7 @@ def render_map(scene: Scene, path: str | os.PathLike, *, width: int = 1200, heig
     peak = max(float(short_col.max(initial=0)), float(long_col.max(initial=0))) or 1.0
     ax.set_xlim(0, peak * 1.05)
     ax.set_ylim(0, scene.rows)
-    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: compact(v)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: money(v)))
     ax.set_xlabel("estimated liquidation notional per price row", color=cv.t["muted"], fontsize=cv.font(8))
     ax.grid(axis="x", color=cv.t["grid"], lw=0.5)
     ax.set_axisbelow(True)
@@ -509,7 +498,7 @@ def render_map(scene: Scene, path: str | os.PathLike, *, width: int = 1200, heig
     axc.plot(np.concatenate(([0], cum_s[above])), np.concatenate(([pu], centres[above])),
              color=SHORT_COLOUR, lw=cv.pt(1.6 * s), ls="--")
     axc.set_xlim(0, max(float(cum_l.max(initial=0)), float(cum_s.max(initial=0)), 1.0) * 1.05)
-    axc.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: compact(v)))
+    axc.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: money(v)))
     axc.tick_params(colors=cv.t["muted"], labelsize=cv.font(8))
     axc.set_xlabel("cumulative from the price (dashed)", color=cv.t["muted"], fontsize=cv.font(8))
     for spine in axc.spines.values():

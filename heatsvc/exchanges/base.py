@@ -223,6 +223,15 @@ class ExchangeClient:
         b = {f: v[pick] for f, v in b.items()}
         return self.drop_invalid(symbol, b)
 
+
+    def forming_bar(self, symbol: str, cols: dict[str, list], open_interest: float) -> dict[str, np.ndarray]:
+        """The newest parsed row as the forming bar, carrying the current open interest."""
+        if cols["time_ms"]:
+            newest = int(np.argmax(cols["time_ms"]))
+            cols = {f: [v[newest]] for f, v in cols.items()}
+        forming = cols["time_ms"][0] if cols["time_ms"] else 0
+        return self.bars(symbol, {**cols, "open_interest": [open_interest] * len(cols["time_ms"])},
+                         forming, forming + STEP_MS)
     def drop_invalid(self, symbol: str, b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Remove rows that break MODEL.md section 1, logging and counting each one."""
         rows, fields = invalid_rows(b)

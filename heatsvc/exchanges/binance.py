@@ -162,13 +162,7 @@ class BinanceClient(ExchangeClient):
         cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume",
                                 "taker_buy_volume")}
         self.parse_klines(symbol, rows, cols)
-        if cols["time_ms"]:
-            newest = int(np.argmax(cols["time_ms"]))
-            cols = {f: [v[newest]] for f, v in cols.items()}
-        forming = cols["time_ms"][0] if cols["time_ms"] else 0
-        bars = self.bars(symbol, {**cols, "open_interest": [open_interest] * len(cols["time_ms"])},
-                         forming, forming + STEP_MS)
-        return bars, open_interest, price
+        return self.forming_bar(symbol, cols, open_interest), open_interest, price
 
     # ----- helpers -------------------------------------------------------------------------
     def parse_klines(self, symbol: str, rows, cols: dict[str, list]) -> None:

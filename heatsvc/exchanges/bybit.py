@@ -111,13 +111,7 @@ class BybitClient(ExchangeClient):
         price = number(ticker.get("markPrice") or ticker.get("lastPrice"))
         cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume")}
         self.parse_klines(symbol, result, cols)
-        if cols["time_ms"]:
-            newest = int(np.argmax(cols["time_ms"]))
-            cols = {f: [v[newest]] for f, v in cols.items()}
-        forming = cols["time_ms"][0] if cols["time_ms"] else 0
-        bars = self.bars(symbol, {**cols, "open_interest": [open_interest] * len(cols["time_ms"])},
-                         forming, forming + STEP_MS)
-        return bars, open_interest, price
+        return self.forming_bar(symbol, cols, open_interest), open_interest, price
 
     def parse_klines(self, symbol: str, result, cols: dict[str, list]) -> None:
         """Append rows [startTime, open, high, low, close, volume, turnover] (strings) to the columns."""

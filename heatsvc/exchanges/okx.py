@@ -112,13 +112,7 @@ class OkxClient(ExchangeClient):
         price = number(mark[0].get("markPx")) if mark else float("nan")
         cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume")}
         self.parse_candles(symbol, data, cols, closed_only=False)
-        if cols["time_ms"]:
-            newest = int(np.argmax(cols["time_ms"]))
-            cols = {f: [v[newest]] for f, v in cols.items()}
-        forming = cols["time_ms"][0] if cols["time_ms"] else 0
-        bars = self.bars(symbol, {**cols, "open_interest": [open_interest] * len(cols["time_ms"])},
-                         forming, forming + STEP_MS)
-        return bars, open_interest, price
+        return self.forming_bar(symbol, cols, open_interest), open_interest, price
 
     def parse_candles(self, symbol: str, data, cols: dict[str, list], *, closed_only: bool) -> None:
         """Append rows [ts, o, h, l, c, vol (contracts), volCcy (base), volCcyQuote, confirm]."""
