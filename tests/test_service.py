@@ -298,6 +298,24 @@ def test_garbage_request_bytes_do_not_hurt_the_server(stack):
     assert stack.stub.ListMarkets(pb.ListMarketsRequest(), timeout=10).markets
 
 
+def test_views_of_one_market_read_the_store_once_per_data_version(stack):
+    """1d then 12h of one market after a refresh: one store read (the 12h view slices the 1d bars),
+    and both still equal the engine on the stored bars."""
+    reads = []
+    real_load = stack.store.load
+    stack.store.load = lambda market, *a, **kw: reads.append(market) or real_load(market, *a, **kw)
+    try:
+        stack.step()
+        served = {lb: stack.stub.GetHeatmap(pb.GetHeatmapRequest(view=view("binance:ETHUSDT", lb, rows=50, columns=20)),
+                                            timeout=30) for lb in ("1d", "12h")}
+    finally:
+        stack.store.load = real_load
+    for lookback, resp in served.items():
+        want = expected(stack, "binance:ETHUSDT", lookback, rows=50, columns=20)
+        np.testing.assert_allclose(grid(resp.heatmap.long_notional), want.long, rtol=1e-6, atol=1e-6 * want.long.max())
+    assert reads.count("binance:ETHUSDT") == 1, reads
+
+
 # ---- streams ---------------------------------------------------------------------------------
 
 def test_stream_snapshot_then_an_update_per_refresh(stack):

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hmac
 import logging
 import math
+
+import numpy as np
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -62,6 +65,7 @@ class HeatmapService:
         self._loaded: set[str] = set()
         self._pending = 0
         self._last_bar: dict[str, int] = {}
+        self._bars: dict[str, tuple[int, int, dict]] = {}  # market -> (version, start_ms, bars)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -191,7 +195,7 @@ class HeatmapService:
         for m in markets:
             last = self.store.last_time(m)
             if last is not None:
-                bars[m] = self.store.load(m, start_ms=last - span - DAY_MS)
+                bars[m] = self._stored_bars(m, last - span - DAY_MS)
         if not bars:
             raise unavailable(f"{key.market}: no bars stored yet; retry shortly")
         kw = dict(lookback=key.lookback, columns=key.columns, rows=key.rows, price_range=key.price_range,
@@ -204,6 +208,17 @@ class HeatmapService:
         except ValueError as exc:
             field = "view.price_range" if "price_range" in str(exc) else "view"
             raise invalid([(field, str(exc))]) from None
+
+    def _stored_bars(self, market: str, start_ms: int) -> dict:
+        """A market's bars from start_ms: read from the store once per data version, and sliced for
+        shorter views (read again only when a longer view needs earlier bars)."""
+        version = self.versions[market]
+        cached = self._bars.get(market)
+        if cached is None or cached[0] != version or cached[1] > start_ms:
+            cached = self._bars[market] = (version, start_ms, self.store.load(market, start_ms=start_ms))
+        bars = cached[2]
+        i = int(np.searchsorted(bars["time_ms"], start_ms))
+        return {k: a[i:] for k, a in bars.items()}
 
     def price(self, key: ViewKey, hm: Heatmap) -> float:
         """The current price: the refresher's latest (mean over an aggregate's exchanges), else the last close."""
@@ -223,8 +238,8 @@ class HeatmapService:
         token = self.config.auth_token
         if token is None:
             return
-        got = dict(context.invocation_metadata() or ()).get("authorization")
-        if got != f"Bearer {token}":
+        got = dict(context.invocation_metadata() or ()).get("authorization", "")
+        if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
             raise unauthenticated("missing or wrong token: send metadata 'authorization: Bearer TOKEN'")
 
     async def _unary(self, context, produce) -> bytes:
