@@ -8,11 +8,14 @@ import argparse
 import json
 import time
 
+from google.protobuf import json_format
 from rich.console import Console
-from rich.table import Table
 
 from . import datasets, engine
-from .bars import format_time, parse_time
+from .bars import parse_time
+from .client import zone_table
+from .service import messages
+from .service.views import ViewKey, ZoneOpts
 
 
 def add_view_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,26 +38,6 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the zone report as JSON")
 
 
-def zone_table(title: str, zones, v_max: float) -> Table:
-    table = Table(title=title, title_justify="left")
-    for name, justify in (("peak", "right"), ("range", "right"), ("distance", "right"),
-                          ("notional", "right"), ("strength", "left")):
-        table.add_column(name, justify=justify)
-    for z in zones:
-        bar = "█" * max(1, round(20 * z.intensity))
-        table.add_row(f"{z.peak_price:,.6g}", f"{z.price_low:,.6g} – {z.price_high:,.6g}",
-                      f"{z.distance_pct:+.2f}%", f"{z.notional:,.0f}", bar)
-    return table
-
-
-def report_dict(report, heatmap, market: str) -> dict:
-    zone = lambda z: {k: getattr(z, k) for k in z.__dataclass_fields__}  # noqa: E731
-    return {"market": market, "data_time": format_time(heatmap.time_end_ms), "price": report.price,
-            "above": [zone(z) for z in report.above], "below": [zone(z) for z in report.below],
-            "total_above": report.total_above, "total_below": report.total_below, "skew": report.skew,
-            "skew_label": report.skew_label, "magnet": zone(report.magnet) if report.magnet else None}
-
-
 def run(command: str, args: argparse.Namespace) -> int:
     end_ms = parse_time(args.end) if args.end else None
     market, by_market = datasets.load(args.data, args.market, end_ms)
@@ -65,21 +48,13 @@ def run(command: str, args: argparse.Namespace) -> int:
     else:
         heatmap = engine.compute_heatmap(by_market[market], market=market, **view)
     elapsed = time.perf_counter() - started
-    report = engine.zones(heatmap, threshold=args.threshold, top=args.top)
+    report = messages.zone_report(ViewKey(market, tuple(by_market), args.lookback, args.rows, args.columns, None),
+                                  heatmap, heatmap.price, ZoneOpts(args.threshold, args.top))
     console = Console()
-    console.print(f"[bold]{market}[/] {args.lookback} to {format_time(heatmap.time_end_ms)}, "
-                  f"price {report.price:,.6g} — {heatmap.rows} x {heatmap.columns} grid computed in "
+    console.print(f"[bold]{market}[/] {args.lookback}: {heatmap.rows} x {heatmap.columns} grid computed in "
                   f"{elapsed * 1e3:.1f} ms ({args.backend})")
-    console.print(zone_table("Short liquidation zones above (squeeze)", report.above, report.v_max))
-    console.print(zone_table("Long liquidation zones below (flush)", report.below, report.v_max))
-    console.print(f"skew {report.skew:+.2f} {report.skew_label}; kept heat above {report.total_above:,.0f}, "
-                  f"below {report.total_below:,.0f}")
-    if report.magnet:
-        m = report.magnet
-        console.print(f"dominant magnet: {m.side} zone at {m.peak_price:,.6g} ({m.distance_pct:+.2f}%), "
-                      f"notional {m.notional:,.0f}")
-    console.print("[dim]Estimated liquidation levels: market-risk context, not a forecast.[/]")
+    console.print(zone_table(report))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(report_dict(report, heatmap, market), f, indent=2)
+            json.dump(json_format.MessageToDict(report, preserving_proto_field_name=True), f, indent=2)
     return 0
