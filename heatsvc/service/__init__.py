@@ -75,7 +75,8 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     from ..config import with_overrides
     from ..exchanges import make_client
     from ..refresher import Refresher
-    from ..replay import ReplayExchange, parse_time
+    from ..bars import parse_time
+    from ..replay import ReplayExchange
     from ..store import Store
     from .server import Server
 
@@ -85,7 +86,7 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     if demo is not None:
         if not demo.demo_speed > 0:
             raise ValueError(f"--demo-speed must be > 0, got {demo.demo_speed}")
-        replay = ReplayExchange(start_ms=parse_time(demo.demo_start), speed=demo.demo_speed)
+        replay = ReplayExchange(start_ms=parse_time(demo.demo_start, "--demo-start"), speed=demo.demo_speed)
         replay.start()
         now_ms = replay.now_ms
         config = demo_config(config, replay, demo)
