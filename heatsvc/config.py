@@ -46,7 +46,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .engine import DEFAULT_TIERS, LOOKBACKS, MAX_COLUMNS, MAX_ROWS, ModelParams, Tier
+from .engine import BACKENDS, DEFAULT_TIERS, LOOKBACKS, MAX_COLUMNS, MAX_ROWS, ModelParams, Tier
 
 EXCHANGES = ("binance", "bybit", "okx")
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -188,8 +188,8 @@ def parse(data: dict, env: dict[str, str] | None = None) -> Config:
         exchanges.append(ExchangeConfig(name, tuple(s.upper() for s in symbols), **urls))
     if not any(ex.symbols for ex in exchanges):
         raise ValueError("config: no market configured; list symbols under [exchanges.NAME]")
-    backend = _take(server, "server", "backend", str, "cython", lambda v: v in ("cython", "numpy", "python"),
-                    "use cython, numpy or python")
+    backend = _take(server, "server", "backend", str, "cython", lambda v: v in BACKENDS,
+                    f"use one of {', '.join(BACKENDS)}")
     return Config(
         listen=env.get("HEATSVC_LISTEN", _take(server, "server", "listen", str, Config.listen)),
         backend=backend,

@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..engine import BACKENDS
+
 DEMO_START = "2025-10-10T18:00:00Z"
 DEMO_SPEED = 100.0           # a 5-minute bar every 3 s
 DEMO_LOOKBACKS = ("12h", "1d", "3d", "7d")
@@ -31,7 +33,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
                              f"{DEMO_START} at x{DEMO_SPEED:g} (lookbacks {', '.join(DEMO_LOOKBACKS)})")
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:50051; "
                                                               "port 0 picks a free one)")
-    parser.add_argument("--backend", choices=("cython", "numpy", "python"), help="engine backend (default cython)")
+    parser.add_argument("--backend", choices=BACKENDS, help="engine backend (default cython)")
     parser.add_argument("--store", metavar="PATH", help="SQLite bar store (demo default: a temporary file)")
     demo = parser.add_argument_group("demo")
     demo.add_argument("--demo-speed", type=float, default=DEMO_SPEED, help="replay speed (default %(default)g)")
@@ -72,10 +74,10 @@ def demo_config(config, replay, args):
 async def serve(config, *, demo: argparse.Namespace | None = None, progress: bool = True) -> int:
     """Run until SIGTERM/SIGINT: store, exchange clients, refresher, gRPC server; then shut down
     gracefully (health NOT_SERVING, streams end with OK, refresher stopped, store closed)."""
+    from ..bars import parse_time
     from ..config import with_overrides
     from ..exchanges import make_client
     from ..refresher import Refresher
-    from ..bars import parse_time
     from ..replay import ReplayExchange
     from ..store import Store
     from .server import Server
