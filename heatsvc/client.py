@@ -41,8 +41,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--price-range", nargs=2, type=float, metavar=("LOW", "HIGH"), help="explicit price range")
     parser.add_argument("--threshold", type=float, help="zone noise threshold in [0, 1) (default 0.2)")
     parser.add_argument("--top", type=int, default=0, help="zones per side (default 5)")
-    parser.add_argument("--token", default=os.environ.get("HEATSVC_AUTH_TOKEN"),
-                        help="bearer token if the server requires one (default $HEATSVC_AUTH_TOKEN)")
+    add_connection_arguments(parser)
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default %(default)g)")
     if command == "snapshot":
         parser.add_argument("--json", metavar="FILE", help="write the whole view as JSON (grids as lists)")
@@ -69,12 +68,56 @@ def zone_options(args) -> pb.ZoneOptions:
     return opts
 
 
-def connect(target: str) -> grpc.Channel:
-    return grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", -1)])
+def add_connection_arguments(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """How to reach a server that wants TLS (maybe mutual) and a bearer token; `note` prefixes the help."""
+    parser.add_argument("--tls", action="store_true", help=f"{note}use TLS, trusting the system's CAs")
+    parser.add_argument("--tls-ca", metavar="FILE", help=f"{note}use TLS, trusting this CA (PEM)")
+    parser.add_argument("--tls-cert", metavar="FILE", help=f"{note}client certificate (PEM) for mutual TLS")
+    parser.add_argument("--tls-key", metavar="FILE", help=f"{note}the client certificate's private key (PEM)")
+    parser.add_argument("--token-file", metavar="FILE",
+                        help=f"{note}file holding the bearer token (TOKEN or NAME:TOKEN)")
+    parser.add_argument("--token", help=f"{note}bearer token (default: $HEATSVC_TOKEN, else $HEATSVC_AUTH_TOKEN); "
+                                        "prefer those or --token-file: other users can see a command line")
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot read: {exc.strerror}") from None
+
+
+def connect(args) -> grpc.Channel:
+    """A channel to args.target: plaintext, or TLS with --tls/--tls-ca (mutual with --tls-cert and --tls-key)."""
+    options = [("grpc.max_receive_message_length", -1)]
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return grpc.insecure_channel(args.target, options=options)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together (mutual TLS needs both)")
+    ca, cert, key = (_read(path, flag) if path else None
+                     for path, flag in ((args.tls_ca, "--tls-ca"), (args.tls_cert, "--tls-cert"),
+                                        (args.tls_key, "--tls-key")))
+    return grpc.secure_channel(args.target, grpc.ssl_channel_credentials(ca, key, cert), options=options)
+
+
+def token(args) -> str | None:
+    """The bearer token: --token, else --token-file's, else $HEATSVC_TOKEN or $HEATSVC_AUTH_TOKEN."""
+    if args.token is not None:
+        return args.token or None
+    if args.token_file:
+        from .service.auth import read_tokens
+
+        tokens = read_tokens(args.token_file, f"--token-file {args.token_file}")
+        if len(tokens) != 1:
+            raise ValueError(f"--token-file {args.token_file}: holds {len(tokens)} tokens; give a file with one")
+        return next(iter(tokens.values()))
+    return os.environ.get("HEATSVC_TOKEN") or os.environ.get("HEATSVC_AUTH_TOKEN") or None
 
 
 def metadata(args) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {args.token}")] if args.token else []
+    secret = token(args)
+    return [("authorization", f"Bearer {secret}")] if secret else []
 
 
 def describe_error(command: str, error: grpc.RpcError, target: str) -> str:
@@ -88,8 +131,11 @@ def describe_error(command: str, error: grpc.RpcError, target: str) -> str:
         lines += [f"  {field}: {why}" for field, why in violations]
     else:
         lines = [f"heatsvc {command}: error: {code.name}: {error.details()}"]
-    if code == grpc.StatusCode.UNAVAILABLE and "connect" in (error.details() or "").lower():
+    details = (error.details() or "").lower()
+    if code == grpc.StatusCode.UNAVAILABLE and "connect" in details:
         lines.append(f"  is a server running at {target}? (heatsvc serve --demo)")
+        if "socket closed" in details or "handshake" in details:
+            lines.append("  if it uses TLS: --tls-ca FILE (or --tls); mutual TLS also needs --tls-cert and --tls-key")
     return "\n".join(lines)
 
 
@@ -191,7 +237,7 @@ def snapshot_json(resp: pb.GetHeatmapResponse) -> dict:
 
 def run(command: str, args: argparse.Namespace) -> int:
     console = Console()
-    with connect(args.target) as channel:
+    with connect(args) as channel:
         stub = pb_grpc.HeatmapServiceStub(channel)
         try:
             if command == "snapshot":

@@ -6,7 +6,11 @@ Example (every key optional):
     [server]
     listen = "127.0.0.1:50051"
     backend = "cython"          # engine backend: cython | numpy | python
-    # auth_token = "..."        # better: HEATSVC_AUTH_TOKEN in the environment
+    metrics_listen = "127.0.0.1:9464"        # Prometheus /metrics over HTTP (default: off)
+    tls_cert = "/etc/heatsvc/server.pem"     # TLS on the gRPC port: certificate chain and key (PEM)
+    tls_key = "/etc/heatsvc/server.key"
+    tls_client_ca = "/etc/heatsvc/clients-ca.pem"   # mutual TLS: clients need a certificate this CA signed
+    token_file = "/etc/heatsvc/tokens"       # bearer tokens, one a line: TOKEN or NAME:TOKEN; # comments
 
     [data]
     store = "/var/lib/heatsvc/heatsvc.sqlite3"   # default: the user's data directory
@@ -17,6 +21,7 @@ Example (every key optional):
     [limits]
     max_cells = 2000000         # rows x columns of one view
     max_streams = 1000
+    max_streams_per_token = 100 # open streams of one bearer token
     max_stream_views = 64       # views of one StreamZones call
     max_concurrent_computations = 2
     cache_views = 64
@@ -35,8 +40,15 @@ Example (every key optional):
     maintenance_margin = 0.004
     half_life_days = 30        # or "inf"
 
-Environment: HEATSVC_LISTEN, HEATSVC_STORE, HEATSVC_AUTH_TOKEN, HEATSVC_<EXCHANGE>_BASE_URL,
-HEATSVC_BINANCE_ARCHIVE_URL override the file.
+Environment: HEATSVC_LISTEN, HEATSVC_STORE, HEATSVC_TLS_CERT, HEATSVC_TLS_KEY, HEATSVC_TLS_CLIENT_CA,
+HEATSVC_TOKEN_FILE, HEATSVC_<EXCHANGE>_BASE_URL, HEATSVC_BINANCE_ARCHIVE_URL override the file;
+so does HEATSVC_METRICS_LISTEN (empty: metrics off).
+
+Security: secrets never go in this file (it tends to be shared and committed): [server] auth_token is
+refused; tokens come from token_file (chmod 600) and/or HEATSVC_AUTH_TOKEN (one token, named
+"HEATSVC_AUTH_TOKEN"). With tokens, every RPC but the health checks needs metadata
+`authorization: Bearer TOKEN`. The default listen address is loopback; serving another address
+without TLS or without tokens logs a warning saying which is missing.
 """
 from __future__ import annotations
 
@@ -72,6 +84,7 @@ class Limits:
     """Bounds that keep any request from computing or buffering without bound."""
     max_cells: int = MAX_CELLS
     max_streams: int = 1000
+    max_streams_per_token: int = 100
     max_stream_views: int = 64
     max_concurrent_computations: int = 2
     cache_views: int = 64
@@ -82,7 +95,12 @@ class Limits:
 class Config:
     listen: str = "127.0.0.1:50051"
     backend: str = "cython"
-    auth_token: str | None = None
+    metrics_listen: str | None = None   # "HOST:PORT" of the Prometheus endpoint; None: off
+    auth_token: str | None = field(default=None, repr=False)   # HEATSVC_AUTH_TOKEN only, never the file
+    token_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
     store: str | None = None
     refresh_interval_s: float = 60.0
     history_days: float = 365.0
@@ -128,6 +146,28 @@ def _unknown(table: dict, where: str, known) -> None:
         raise ValueError(f"config: unknown key(s) in [{where}]: {', '.join(extra)}")
 
 
+def address(value: str, where: str) -> tuple[str, int]:
+    """(host, port) of "HOST:PORT" ("[::1]:PORT" for IPv6, port 0: any free one); ValueError naming `where`."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"{where} = {value!r} is invalid: use HOST:PORT, e.g. 127.0.0.1:9464 "
+                         f"(port 0 picks a free one)")
+    return host, int(port)
+
+
+def _metrics_listen(server: dict, env) -> str | None:
+    """HEATSVC_METRICS_LISTEN (empty: off) or else [server] metrics_listen, checked; None: off."""
+    if "HEATSVC_METRICS_LISTEN" in env:
+        value, where = env["HEATSVC_METRICS_LISTEN"] or None, "HEATSVC_METRICS_LISTEN"
+    else:
+        value, where = _take(server, "server", "metrics_listen", str, None), "config: server.metrics_listen"
+    if value is not None:
+        address(value, where)
+    return value
+
+
 def _tiers(model: dict) -> tuple[Tier, ...]:
     if "tiers" not in model:
         return DEFAULT_TIERS
@@ -157,7 +197,12 @@ def parse(data: dict, env: dict[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     _unknown(data, "top level", ("server", "data", "limits", "exchanges", "model"))
     server, store, limits, model = (_section(data, n) for n in ("server", "data", "limits", "model"))
-    _unknown(server, "server", ("listen", "backend", "auth_token"))
+    if "auth_token" in server:   # the value is a secret: never echo it
+        raise ValueError("config: [server] auth_token is no longer accepted (a secret does not belong in the "
+                         "config file): list tokens in a file named by [server] token_file, or set "
+                         "HEATSVC_AUTH_TOKEN")
+    _unknown(server, "server", ("listen", "backend", "metrics_listen", "token_file", "tls_cert", "tls_key",
+                                "tls_client_ca"))
     _unknown(store, "data", ("store", "refresh_interval_s", "history_days", "lookbacks"))
     _unknown(limits, "limits", Limits.__dataclass_fields__)
     _unknown(model, "model", ("tiers", "range_margin"))
@@ -193,7 +238,10 @@ def parse(data: dict, env: dict[str, str] | None = None) -> Config:
     return Config(
         listen=env.get("HEATSVC_LISTEN", _take(server, "server", "listen", str, Config.listen)),
         backend=backend,
-        auth_token=env.get("HEATSVC_AUTH_TOKEN", _take(server, "server", "auth_token", str, None)) or None,
+        metrics_listen=_metrics_listen(server, env),
+        auth_token=env.get("HEATSVC_AUTH_TOKEN") or None,
+        **{key: env.get(f"HEATSVC_{key.upper()}") or _take(server, "server", key, str, None)
+           for key in ("token_file", "tls_cert", "tls_key", "tls_client_ca")},
         store=env.get("HEATSVC_STORE", _take(store, "data", "store", str, None)),
         refresh_interval_s=_take(store, "data", "refresh_interval_s", float, 60.0, positive, "must be > 0"),
         history_days=_take(store, "data", "history_days", float, 365.0, positive, "must be > 0"),

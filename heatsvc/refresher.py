@@ -1,6 +1,7 @@
 """The refresher keeps the store current: one asyncio task per market backfills what the store
-lacks, then every interval fetches the newly closed bars, the forming bar and the current open
-interest, stores them and tells subscribers (MarketUpdated) that the market moved.
+lacks, then every interval fetches the forming bar with the current open interest and, before
+it, the newly closed bars (the last hour's again, for rows or statistics an answer lacked), stores
+them and tells subscribers (MarketUpdated) that the market moved.
 
 Failures are contained: a market whose exchange fails is marked degraded or failing in its
 health, what it could not fetch is recorded as a gap and retried later, and no other market (and
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from . import metrics
 from .bars import STEP_MS, format_time
 from .exchanges.base import ExchangeClient, ExchangeError, ExchangeUnavailable, align_down
 from .store import Store
@@ -24,6 +26,8 @@ log = logging.getLogger("heatsvc.refresher")
 
 DAY_MS = 86_400_000
 NO_DATA_BEFORE = "no_data_before"   # store mark: the exchange has no bars of this market before this time
+RECHECK_MS = 3_600_000              # each new bar, the last hour's closed bars are fetched again: rows an
+                                    # answer lacked and statistics the exchange published late fill in
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,17 @@ class _Market:
     gaps: dict[tuple[int, int], int] = field(default_factory=dict)   # range -> attempts so far
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def bar_ranges(times) -> list[tuple[int, int]]:
+    """5-minute bar open times joined into ranges [a, b) of consecutive bars."""
+    out: list[list[int]] = []
+    for t in sorted(times):
+        if out and out[-1][1] == t:
+            out[-1][1] = t + STEP_MS
+        else:
+            out.append([t, t + STEP_MS])
+    return [(a, b) for a, b in out]
 
 
 def merge_ranges(ranges: Sequence[tuple[int, int]], join_ms: int, chunk_ms: int) -> list[tuple[int, int]]:
@@ -178,6 +193,7 @@ class Refresher:
                 consecutive_failures=m.failures, last_error=m.last_error, ready=m.ready.is_set(),
                 rejected_rows=m.client.rejected[m.symbol],
                 missing_bars=sum((b - a) // STEP_MS for a, b in m.gaps), skipped=skipped)
+            metrics.market_health(out[m.name])
         return out
 
     # ----- the work ------------------------------------------------------------------------
@@ -186,8 +202,10 @@ class Refresher:
             try:
                 async with m.lock:
                     await m.client.check_symbol(m.symbol)
-                    await self._backfill(m)
-                    await self._live(m, bars_changed=True)
+                    live = await m.client.fetch_live(m.symbol)
+                    cur = self._until(live)
+                    await self._backfill(m, cur)
+                    await self._live(m, live, cur, bars_changed=True)
                 break
             except asyncio.CancelledError:
                 raise
@@ -195,6 +213,7 @@ class Refresher:
                 self._failed(m, exc)
                 await self._pause(m)
         m.failures, m.status = 0, "ok"
+        metrics.REFRESHES.labels(m.name, "ok").inc()
         m.ready.set()
         self._count_down(m)
         while True:
@@ -204,21 +223,23 @@ class Refresher:
                 await self._pause(m, extra_only=True)
 
     async def refresh(self, market: str) -> None:
-        """Fetch what closed since the newest stored bar, retry recorded gaps, update the forming bar."""
+        """Fetch what closed since the newest stored bar (and the last hour's bars again), retry
+        recorded gaps, update the forming bar."""
         if market not in self._markets:
             raise ValueError(f"unknown market {market!r}")
         m = self._markets[market]
         async with m.lock:
             try:
-                cur = align_down(self.now_ms())
+                live = await m.client.fetch_live(m.symbol)
+                cur = self._until(live)
                 last = self.store.last_time(m.name)
                 changed = False
                 if last is None:
-                    changed = await self._backfill(m)
+                    changed = await self._backfill(m, cur)
                 elif last < cur:
-                    changed = await self._fetch(m, last, cur, record=True)
+                    changed = await self._fetch_new(m, last, cur)
                 changed = await self._retry_gaps(m) or changed
-                await self._live(m, bars_changed=changed)
+                await self._live(m, live, cur, bars_changed=changed)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reported in health, retried next interval
@@ -226,11 +247,17 @@ class Refresher:
                 return
             m.failures, m.last_error = 0, None
             m.status = "ok"
+            metrics.REFRESHES.labels(m.name, "ok").inc()
 
-    async def _backfill(self, m: _Market) -> bool:
-        """Fetch every range of the history window the store lacks, oldest first, chunk by chunk.
-        A chunk that fails is recorded as a gap and the backfill goes on; a ban is waited out."""
-        cur = align_down(self.now_ms())
+    def _until(self, live) -> int:
+        """Where closed bars end: at the exchange's forming bar, fetched before them so that no bar
+        closes unseen while a refresh runs (or at our clock's bar, if the exchange lags)."""
+        t = live[0]["time_ms"]
+        return max(align_down(self.now_ms()), int(t[-1]) if len(t) else 0)
+
+    async def _backfill(self, m: _Market, cur: int) -> bool:
+        """Fetch every range of the history window before `cur` the store lacks, oldest first, chunk
+        by chunk. A chunk that fails is recorded as a gap and the backfill goes on; a ban is waited out."""
         start = align_down(cur - self.history_ms)
         floor = self.store.mark(m.name, NO_DATA_BEFORE)
         if floor is not None:
@@ -246,7 +273,9 @@ class Refresher:
                 m.status = "degraded"
                 await asyncio.sleep(max(0.05, m.client.banned_until - time.monotonic()))
             try:
-                changed |= await self._fetch(m, a, b, record=True)
+                changed |= (await self._fetch(m, a, b))[0]
+                for gap in self.store.gaps(m.name, a, b):
+                    m.gaps.setdefault(gap, 0)
             except ExchangeUnavailable as exc:
                 self._note_skip(m, a, b, exc)
                 failed_from = min(failed_from, a)
@@ -261,16 +290,27 @@ class Refresher:
                 del m.gaps[gap]
         return changed
 
-    async def _fetch(self, m: _Market, a: int, b: int, *, record: bool) -> bool:
-        """Fetch closed bars in [a, b) and store them; missing bars become gaps. True if any stored."""
+    async def _fetch(self, m: _Market, a: int, b: int) -> tuple[bool, set[int]]:
+        """Fetch closed bars in [a, b) and store them: (any stored, open times the answer lacked)."""
         bars = await m.client.fetch_bars(m.symbol, a, b)
         stored = False
         if len(bars["time_ms"]):
             await asyncio.to_thread(self.store.upsert, m.name, bars)
             stored = True
-        if record:
-            for gap in self.store.gaps(m.name, a, b):
-                m.gaps.setdefault(gap, 0)
+        return stored, set(range(-(-a // STEP_MS) * STEP_MS, b, STEP_MS)) - set(bars["time_ms"].tolist())
+
+    async def _fetch_new(self, m: _Market, last: int, cur: int) -> bool:
+        """Fetch the bars closed since `last` (the forming bar when it was stored) and the last hour's
+        again (rows an answer lacked, statistics published late fill in). Bars from `last` on that
+        the answer lacked become gaps; recorded gaps it had are dropped, however often tried."""
+        lo = min(last, cur - RECHECK_MS)
+        stored, lacked = await self._fetch(m, lo, cur)
+        for a, b in [g for g in m.gaps if lo <= g[0] and g[1] <= cur]:
+            if not lacked.intersection(range(a, b, STEP_MS)):
+                del m.gaps[(a, b)]
+        covered = {t for a, b in m.gaps for t in range(a, b, STEP_MS)}
+        for gap in bar_ranges(t for t in lacked if t >= last and t not in covered):
+            m.gaps[gap] = 0
         return stored
 
     async def _retry_gaps(self, m: _Market) -> bool:
@@ -280,24 +320,29 @@ class Refresher:
         for (a, b), tries in sorted(m.gaps.items()):
             if tries >= self.gap_attempts:
                 continue
-            del m.gaps[(a, b)]
             if floor is not None and b <= floor:
+                del m.gaps[(a, b)]
                 continue
             try:
-                changed |= await self._fetch(m, a, b, record=False)
+                stored, lacked = await self._fetch(m, a, b)
             except ExchangeUnavailable as exc:
                 m.gaps[(a, b)] = tries + 1
                 log.info("%s: gap %s..%s still unavailable: %s", m.name, format_time(a), format_time(b), exc)
                 continue
-            for gap in self.store.gaps(m.name, a, b):
+            del m.gaps[(a, b)]   # only now: health read during the fetch still counts the gap
+            changed |= stored
+            for gap in bar_ranges(lacked):
                 m.gaps[gap] = tries + 1
         return changed
 
-    async def _live(self, m: _Market, *, bars_changed: bool) -> None:
-        """Store the forming bar with the current open interest and publish the update."""
-        bars, _, price = await m.client.fetch_live(m.symbol)
+    async def _live(self, m: _Market, live, cur: int, *, bars_changed: bool) -> None:
+        """Store the forming bar (fetched before the closed bars up to `cur`) with the current open
+        interest and publish the update. A live answer whose newest bar is an older, closed one
+        (its forming row missing) stores nothing: that bar's own values are already stored."""
+        bars, _, price = live
         if len(bars["time_ms"]):
-            await asyncio.to_thread(self.store.upsert, m.name, bars)
+            if bars["time_ms"][-1] >= cur:
+                await asyncio.to_thread(self.store.upsert, m.name, bars)
             if not math.isfinite(price):
                 price = float(bars["close"][-1])
         if math.isfinite(price):
@@ -316,6 +361,7 @@ class Refresher:
 
     def _failed(self, m: _Market, exc: Exception) -> None:
         m.failures += 1
+        metrics.REFRESHES.labels(m.name, "failed").inc()
         m.last_error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (ExchangeError, ExchangeUnavailable)) \
             else str(exc)
         m.status = "failing" if m.failures >= self.failing_after or isinstance(exc, ExchangeError) else "degraded"

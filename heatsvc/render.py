@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from . import bars as barlib
 from . import datasets
 from . import zones as zonelib
-from .client import money, price_text
+from .client import add_connection_arguments, money, price_text
 
 DAY_MS = 86_400_000
 CAPTION = "estimated liquidation levels, market-risk context, not a forecast"
@@ -566,7 +566,7 @@ def fetch_scene(args: argparse.Namespace) -> Scene:
     request = pb.GetHeatmapRequest(view=view, zone_options=pb.ZoneOptions(threshold=args.threshold, top=args.top),
                                    boost=args.boost, include_candles=True, include_intensity=True,
                                    include_tiers=args.kind == "map" and args.stack_tiers)
-    with connect(args.target) as channel:
+    with connect(args) as channel:
         resp = pb_grpc.HeatmapServiceStub(channel).GetHeatmap(request, timeout=args.timeout,
                                                               metadata=metadata(args))
     return scene_from_response(resp, boost=args.boost)
@@ -603,8 +603,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=1200, help="pixels (default %(default)s)")
     parser.add_argument("--height", type=int, default=700, help="pixels (default %(default)s)")
     parser.add_argument("--theme", choices=tuple(THEMES), default="dark", help="(default %(default)s)")
-    parser.add_argument("--token", default=os.environ.get("HEATSVC_AUTH_TOKEN"),
-                        help="--target: bearer token if the server requires one (default $HEATSVC_AUTH_TOKEN)")
+    add_connection_arguments(parser, "--target: ")
     parser.add_argument("--timeout", type=float, default=30.0, help="--target: seconds (default %(default)g)")
 
 

@@ -55,17 +55,21 @@ def config_for(replay: ReplayExchange, **limits):
 
 class Stack:
     """Replay exchange, store, refresher and gRPC server on loopback; the asyncio parts run on a
-    loop in a background thread so the tests can use the ordinary blocking gRPC client."""
+    loop in a background thread so the tests can use the ordinary blocking gRPC client.
+    `server` changes Config fields (TLS, token_file); `credentials` makes the channel a TLS one."""
 
-    def __init__(self, replay: ReplayExchange, store_path, *, start_refresher=True, auth_token=None, **limits):
+    def __init__(self, replay: ReplayExchange, store_path, *, start_refresher=True, auth_token=None,
+                 server: dict | None = None, credentials: grpc.ChannelCredentials | None = None, **limits):
         self.replay = replay
-        self.config = with_overrides(config_for(replay, **limits), auth_token=auth_token)
+        self.config = with_overrides(config_for(replay, **limits), auth_token=auth_token, **(server or {}))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.store = Store(store_path)
         self.call(self._start(start_refresher))
-        self.channel = grpc.insecure_channel(self.target, options=[("grpc.max_receive_message_length", -1)])
+        options = [("grpc.max_receive_message_length", -1)]
+        self.channel = grpc.secure_channel(self.target, credentials, options) if credentials else \
+            grpc.insecure_channel(self.target, options)
         self.stub = pb_grpc.HeatmapServiceStub(self.channel)
 
     def call(self, coro, timeout: float = 90):

@@ -7,28 +7,38 @@ are dropped, logged with exchange, symbol, time and field, and counted; the rest
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
+import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
+from functools import cache
 
 import httpx
 import numpy as np
 
+from .. import metrics
 from ..bars import FIELDS, STEP_MS, describe, format_time, invalid_rows, normalize
 
 log = logging.getLogger("heatsvc.exchanges")
 
 DAY_MS = 86_400_000
+MAX_BODY_BYTES = 16 << 20      # a JSON answer larger than this is hostile (the largest real one is ~1 MB)
+MAX_TIME_MS = 4_102_444_800_000   # 2100-01-01: a bar time past this (or before 1970) is hostile
+# What reading a payload of the wrong shape raises (a string for a number, an object for a list, ...)
+MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, ZeroDivisionError)
 
 
 class ExchangeError(Exception):
     """The exchange refused a request for a reason retrying will not fix (bad symbol, bad parameter)."""
 
-    def __init__(self, exchange: str, message: str, *, status: int | None = None, code: str | int | None = None):
+    def __init__(self, exchange: str, message: str, *, status: int | None = None, code: str | int | None = None,
+                 kind: str = "refused"):
         super().__init__(f"{exchange}: {message}")
         self.exchange, self.status, self.code = exchange, status, code
+        self.kind = kind   # for heatsvc_fetch_errors_total: "refused", or "too_large" for an oversized answer
 
 
 class ExchangeUnavailable(Exception):
@@ -65,6 +75,12 @@ class RateWindow:
             await asyncio.sleep(self.period_s - (now - self.sent[0]) + 0.001)
 
 
+@cache
+def tls_context() -> ssl.SSLContext:
+    """httpx's default verifying TLS context, made once for every client (loading the CA bundle takes ~50 ms)."""
+    return httpx.create_ssl_context()
+
+
 def retry_after(response: httpx.Response, default: float) -> float:
     """Seconds the server asked us to wait (Retry-After), else `default`."""
     value = response.headers.get("Retry-After")
@@ -72,6 +88,30 @@ def retry_after(response: httpx.Response, default: float) -> float:
         return max(0.0, float(value)) if value is not None else default
     except ValueError:
         return default
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The heatsvc_fetch_errors_total kind of one failed attempt (one of metrics.FETCH_ERROR_KINDS)."""
+    if isinstance(exc, Retry):
+        reason = str(exc)
+        for prefix, kind in (("rate limited", "rate_limited"), ("server error", "server_error"),
+                             ("truncated", "truncated")):
+            if reason.startswith(prefix):
+                return kind
+        return "malformed"          # bad JSON, or an envelope / payload of the wrong shape
+    if isinstance(exc, ExchangeUnavailable):
+        return "banned"             # HTTP 418 / 403
+    if isinstance(exc, ExchangeError):
+        return exc.kind
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.RemoteProtocolError) and "message body" in str(exc):
+        return "truncated"          # h11: "peer closed connection without sending complete message body"
+    if isinstance(exc, httpx.DecodingError):
+        return "malformed"
+    if isinstance(exc, httpx.TransportError):
+        return "connection"
+    return "other"
 
 
 class ExchangeClient:
@@ -82,11 +122,14 @@ class ExchangeClient:
 
     def __init__(self, base_url: str | None = None, *, timeout_s: float = 10.0, max_retries: int = 6,
                  backoff_s: float = 0.5, backoff_cap_s: float = 30.0, max_wait_s: float = 60.0,
-                 ban_probe_s: float = 30.0, ban_cap_s: float = 900.0, now_ms: Callable[[], int] | None = None, seed: int | None = None):
+                 ban_probe_s: float = 30.0, ban_cap_s: float = 900.0, now_ms: Callable[[], int] | None = None, seed: int | None = None,
+                 max_body_bytes: int = MAX_BODY_BYTES):
         self.base_url = (base_url or self.default_base_url).rstrip("/")
+        self.max_body_bytes = max_body_bytes
+        self.attempt_s = 3 * timeout_s   # a whole answer must arrive within this, however slowly it drips
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)),
                                       limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
-                                      headers={"User-Agent": "heatsvc/0.1"})
+                                      headers={"User-Agent": "heatsvc/0.1"}, verify=tls_context())
         self.max_retries, self.backoff_s, self.backoff_cap_s = max_retries, backoff_s, backoff_cap_s
         self.max_wait_s = max_wait_s
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
@@ -98,6 +141,8 @@ class ExchangeClient:
         self.retries: Counter[str] = Counter()    # why attempts were retried
         self.rejected: Counter[str] = Counter()   # invalid rows dropped per symbol
         self.last_problem: str | None = None
+        for kind in metrics.FETCH_ERROR_KINDS:   # every kind shows up at 0, so rate() works from the start
+            metrics.FETCH_ERRORS.labels(self.name, kind)
 
     # ----- transport -----------------------------------------------------------------------
     @property
@@ -121,9 +166,12 @@ class ExchangeClient:
         return body
 
     async def request(self, path: str, params: Mapping | None = None, *, weight: int = 1,
-                      url: str | None = None, raw: bool = False, max_bytes: int | None = None):
+                      url: str | None = None, raw: bool = False, max_bytes: int | None = None,
+                      parse: Callable | None = None):
         """GET base_url + path, retrying what is worth retrying; returns the decoded payload
-        (or the body bytes when raw). Raises ExchangeError (permanent) or ExchangeUnavailable."""
+        (or the body bytes when raw), or what `parse` makes of it: a payload that `parse` finds of
+        the wrong shape is a malformed answer, retried. Bodies beyond max_bytes (default
+        max_body_bytes) are refused unread. Raises ExchangeError (permanent) or ExchangeUnavailable."""
         target = (url or self.base_url) + path
         last = "no attempt"
         for attempt in range(self.max_retries + 1):
@@ -133,16 +181,20 @@ class ExchangeClient:
             await self.pace(path, weight)
             wait = None
             try:
-                response = await self.http.get(target, params=params)
+                response, body = await self.fetch(path, target, params, max_bytes or self.max_body_bytes)
                 self.requests["archive" if url else path] += 1
                 self.observe(path, response)
-                return self.answer(path, response, raw=raw, max_bytes=max_bytes)
+                return self.answer(path, response, body, raw=raw, parse=parse)
             except Retry as exc:
-                last, wait = str(exc), exc.wait_s
+                last, wait, failed = str(exc), exc.wait_s, exc
             except httpx.TimeoutException as exc:
-                last = f"timeout ({type(exc).__name__})"
+                last, failed = f"timeout ({type(exc).__name__})", exc
             except (httpx.TransportError, httpx.DecodingError) as exc:
-                last = f"transport error: {type(exc).__name__}: {exc}"
+                last, failed = f"transport error: {type(exc).__name__}: {exc}", exc
+            except (ExchangeError, ExchangeUnavailable) as exc:   # not retried: count it and pass it on
+                metrics.FETCH_ERRORS.labels(self.name, failure_kind(exc)).inc()
+                raise
+            metrics.FETCH_ERRORS.labels(self.name, failure_kind(failed)).inc()
             self.retries[last.split(":")[0].split(" (")[0]] += 1
             self.last_problem = f"{path}: {last}"
             if attempt == self.max_retries:
@@ -152,7 +204,30 @@ class ExchangeClient:
             await asyncio.sleep(delay)
         raise ExchangeUnavailable(self.name, f"{path}: gave up after {self.max_retries + 1} attempts: {last}")
 
-    def answer(self, path: str, response: httpx.Response, *, raw: bool, max_bytes: int | None):
+    async def fetch(self, path: str, target: str, params: Mapping | None, limit: int) -> tuple[httpx.Response, bytes]:
+        """One GET: the response and its body, streamed and abandoned as soon as it exceeds `limit`
+        bytes, or when the whole answer takes longer than attempt_s (a server dripping bytes)."""
+        try:
+            async with asyncio.timeout(self.attempt_s):
+                async with self.http.stream("GET", target, params=params) as response:
+                    declared = response.headers.get("Content-Length", "")
+                    chunks, size = [], 0
+                    if declared.isdigit() and int(declared) > limit:
+                        size = int(declared)        # refused unread
+                    else:
+                        async for chunk in response.aiter_bytes():
+                            size += len(chunk)
+                            if size > limit:
+                                break
+                            chunks.append(chunk)
+                    if size > limit:
+                        raise ExchangeError(self.name, f"{path}: answer of more than {limit} bytes refused",
+                                            status=response.status_code, kind="too_large")
+                    return response, b"".join(chunks)
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"no complete answer within {self.attempt_s:g} s") from None
+
+    def answer(self, path: str, response: httpx.Response, body: bytes, *, raw: bool, parse: Callable | None = None):
         """Turn one HTTP answer into a payload, a Retry, an ExchangeError or an ExchangeUnavailable."""
         status = response.status_code
         if status in (418, 403):
@@ -174,18 +249,18 @@ class ExchangeClient:
                 return None
             if status != 200:
                 raise ExchangeError(self.name, f"{path}: HTTP {status}", status=status)
-            if max_bytes is not None and len(response.content) > max_bytes:
-                raise ExchangeError(self.name, f"{path}: answer of {len(response.content)} bytes exceeds "
-                                    f"{max_bytes}", status=status)
             declared = response.headers.get("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) != len(response.content):
+            if declared is not None and declared.isdigit() and int(declared) != len(body):
                 raise Retry("truncated body")
-            return response.content
+            return body
         try:
-            body = response.json()
-        except ValueError:
-            raise Retry(f"malformed body (HTTP {status}, {len(response.content)} bytes)") from None
-        return self.check_body(path, response, body)
+            payload = self.check_body(path, response, json.loads(body))
+            return payload if parse is None else parse(payload)
+        except RecursionError:      # JSON nested deeper than the interpreter's stack
+            raise Retry(f"malformed body (HTTP {status}, nested too deeply)") from None
+        except MALFORMED as exc:    # not JSON (ValueError), or `parse` found the wrong shape
+            raise Retry(f"malformed body (HTTP {status}, {len(body)} bytes): {type(exc).__name__}: "
+                        f"{str(exc)[:120]}") from None
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
@@ -241,15 +316,17 @@ class ExchangeClient:
             log.warning("%s:%s bar %s rejected: %s", self.name, symbol, format_time(b["time_ms"][i]),
                         describe(b, int(i), field))
         self.rejected[symbol] += len(rows)
+        metrics.REJECTED_ROWS.labels(f"{self.name}:{symbol}").inc(len(rows))
         keep = np.ones(len(b["time_ms"]), dtype=bool)
         keep[rows] = False
         return {f: v[keep] for f, v in b.items()}
 
     def reject(self, symbol: str, time_ms: int | None, field: str, why: str) -> None:
         """Log and count one row that could not even be parsed."""
-        when = format_time(time_ms) if time_ms is not None else "?"
+        when = format_time(time_ms) if time_ms is not None and 0 <= time_ms < MAX_TIME_MS else "?"
         log.warning("%s:%s bar %s rejected: %s %s", self.name, symbol, when, field, why)
         self.rejected[symbol] += 1
+        metrics.REJECTED_ROWS.labels(f"{self.name}:{symbol}").inc()
 
 
 def number(value) -> float:
@@ -257,6 +334,21 @@ def number(value) -> float:
     if value is None or value == "":
         return float("nan")
     return float(value)
+
+
+def bar_time(value) -> int:
+    """A time in ms from an exchange's number or string; ValueError unless it lies in 1970..2100."""
+    t = int(value)
+    if not 0 <= t < MAX_TIME_MS:
+        raise ValueError(f"time {t} is not between 1970 and 2100")
+    return t
+
+
+def listed(payload) -> list:
+    """The payload, which must be a JSON list (a `parse` for ExchangeClient.request)."""
+    if not isinstance(payload, list):
+        raise TypeError(f"expected a list, got {type(payload).__name__}")
+    return payload
 
 
 def windows(start_ms: int, end_ms: int, bars_per_call: int) -> list[tuple[int, int]]:

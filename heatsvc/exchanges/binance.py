@@ -19,10 +19,11 @@ from datetime import datetime, timezone
 import httpx
 import numpy as np
 
+from .. import metrics
 from ..bars import STEP_MS
 from ..datasets import metrics_time_ms
-from .base import (DAY_MS, ExchangeClient, ExchangeError, RateWindow, Retry, align_down, join_by_time,
-                   number, windows)
+from .base import (DAY_MS, MALFORMED, ExchangeClient, ExchangeError, RateWindow, Retry, align_down, bar_time,
+                   join_by_time, listed, number, windows)
 
 log = logging.getLogger("heatsvc.exchanges")
 
@@ -30,7 +31,12 @@ KLINES_PER_CALL = 1500
 STATS_PER_CALL = 500
 STATS_DAYS = 30                    # openInterestHist / topLongShortPositionRatio keep ~30 days
 STATS_MARGIN_MS = 3_600_000        # ask the archive for the last hour before that edge
-ARCHIVE_MAX_BYTES = 8 << 20        # one day of metrics is ~30 kB; anything near this is hostile
+ARCHIVE_MAX_BYTES = 1 << 20        # one day of metrics is ~30 kB; anything near this is hostile
+ARCHIVE_MAX_ROWS = 1000            # a day has 288
+ARCHIVE_MAX_MEMBERS = 16           # a day's zip holds one csv
+ARCHIVE_COLUMNS = ["create_time", "symbol", "sum_open_interest", "sum_open_interest_value",
+                   "count_toptrader_long_short_ratio", "sum_toptrader_long_short_ratio", "count_long_short_ratio",
+                   "sum_taker_long_short_vol_ratio"]
 ARCHIVE_PATH = "/data/futures/um/daily/metrics/{s}/{s}-metrics-{d}.zip"
 
 
@@ -40,26 +46,38 @@ def kline_weight(limit: int) -> int:
 
 
 def read_metrics_archive(data: bytes, max_bytes: int = ARCHIVE_MAX_BYTES) -> list[dict[str, str]]:
-    """Rows of one daily metrics zip. Refuses archives that would inflate beyond max_bytes,
-    whatever their headers claim (each member is read with a hard cap)."""
+    """Rows of one daily metrics zip. Refuses archives that would inflate beyond max_bytes, whatever
+    their headers claim (each member is read with a hard cap), that hold too many members or rows,
+    or whose members are encrypted or neither stored nor deflated (zipfile inflates a bzip2 or LZMA
+    piece whole, so a few hundred bytes could become gigabytes)."""
     rows: list[dict[str, str]] = []
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         members = [i for i in zf.infolist() if not i.is_dir()]
+        if len(members) > ARCHIVE_MAX_MEMBERS:
+            raise ExchangeError("binance", f"metrics archive holds {len(members)} files; a day's holds one",
+                                kind="too_large")
         if sum(i.file_size for i in members) > max_bytes:
-            raise ExchangeError("binance", f"metrics archive would inflate to more than {max_bytes} bytes")
+            raise ExchangeError("binance", f"metrics archive would inflate to more than {max_bytes} bytes",
+                                kind="too_large")
         budget = max_bytes
         for info in members:
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
+                raise ExchangeError("binance", f"metrics archive member {info.filename[:40]!r} is encrypted or "
+                                    f"compressed with method {info.compress_type}, not stored or deflated",
+                                    kind="malformed")
             with zf.open(info) as member:
                 text = member.read(budget + 1)
             if len(text) > budget:
-                raise ExchangeError("binance", f"metrics archive inflates beyond {max_bytes} bytes")
+                raise ExchangeError("binance", f"metrics archive inflates beyond {max_bytes} bytes",
+                                    kind="too_large")
             budget -= len(text)
-            lines = text.decode("utf-8").splitlines()
-            if lines and not lines[0].startswith("create_time"):
-                lines.insert(0, "create_time,symbol,sum_open_interest,sum_open_interest_value,"
-                                "count_toptrader_long_short_ratio,sum_toptrader_long_short_ratio,"
-                                "count_long_short_ratio,sum_taker_long_short_vol_ratio")
-            rows.extend(csv.DictReader(lines))
+            text = text.decode("utf-8")
+            columns = None if text.startswith("create_time") else ARCHIVE_COLUMNS
+            for row in csv.DictReader(io.StringIO(text, newline=""), fieldnames=columns):
+                if len(rows) == ARCHIVE_MAX_ROWS:
+                    raise ExchangeError("binance", f"metrics archive holds more than {ARCHIVE_MAX_ROWS} rows; "
+                                                   f"a day has 288", kind="too_large")
+                rows.append(row)
     return rows
 
 
@@ -118,19 +136,19 @@ class BinanceClient(ExchangeClient):
         if response.status_code != 200 or (isinstance(body, dict) and isinstance(body.get("code"), int)
                                            and body["code"] < 0):
             code = body.get("code") if isinstance(body, dict) else None
-            msg = body.get("msg") if isinstance(body, dict) else str(body)[:200]
+            msg = str(body.get("msg") if isinstance(body, dict) else body)[:200]
             if code == -1003:
                 raise Retry("rate limited (code -1003)")
-            raise ExchangeError(self.name, f"{path}: HTTP {response.status_code} code {code}: {msg}",
+            raise ExchangeError(self.name, f"{path}: HTTP {response.status_code} code {str(code)[:20]}: {msg}",
                                 status=response.status_code, code=code)
         return body
 
     # ----- public face ---------------------------------------------------------------------
     async def check_symbol(self, symbol: str) -> None:
         if self._symbols is None:
-            info = await self.request("/fapi/v1/exchangeInfo", weight=1)
-            self._symbols = {s["symbol"] for s in info.get("symbols", [])
-                             if s.get("status") == "TRADING" and s.get("contractType") == "PERPETUAL"}
+            self._symbols = await self.request("/fapi/v1/exchangeInfo", weight=1, parse=lambda info: {
+                s["symbol"] for s in info.get("symbols", [])
+                if s.get("status") == "TRADING" and s.get("contractType") == "PERPETUAL"})
         if symbol not in self._symbols:
             raise ExchangeError(self.name, f"symbol {symbol!r} is not a trading USD-M perpetual")
 
@@ -140,10 +158,10 @@ class BinanceClient(ExchangeClient):
         cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume",
                                 "taker_buy_volume")}
         for a, b in windows(start, end, KLINES_PER_CALL):
-            rows = await self.request("/fapi/v1/klines", {"symbol": symbol, "interval": "5m", "startTime": a,
-                                                          "endTime": b - 1, "limit": KLINES_PER_CALL},
-                                      weight=kline_weight(KLINES_PER_CALL))
-            self.parse_klines(symbol, rows, cols)
+            await self.request("/fapi/v1/klines", {"symbol": symbol, "interval": "5m", "startTime": a,
+                                                   "endTime": b - 1, "limit": KLINES_PER_CALL},
+                               weight=kline_weight(KLINES_PER_CALL),
+                               parse=lambda rows: self.parse_klines(symbol, rows, cols))
         bars = self.bars(symbol, {**cols, "open_interest": np.full(len(cols["time_ms"]), np.nan)}, start, end)
         t = bars["time_ms"]
         if len(t) == 0:
@@ -154,27 +172,25 @@ class BinanceClient(ExchangeClient):
         return self.drop_invalid(symbol, bars)
 
     async def fetch_live(self, symbol: str) -> tuple[dict[str, np.ndarray], float, float]:
-        rows = await self.request("/fapi/v1/klines", {"symbol": symbol, "interval": "5m", "limit": 2},
-                                  weight=kline_weight(2))
-        oi = await self.request("/fapi/v1/openInterest", {"symbol": symbol}, weight=1)
-        mark = await self.request("/fapi/v1/premiumIndex", {"symbol": symbol}, weight=1)
-        open_interest, price = number(oi.get("openInterest")), number(mark.get("markPrice"))
         cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume",
                                 "taker_buy_volume")}
-        self.parse_klines(symbol, rows, cols)
+        await self.request("/fapi/v1/klines", {"symbol": symbol, "interval": "5m", "limit": 2},
+                           weight=kline_weight(2), parse=lambda rows: self.parse_klines(symbol, rows, cols))
+        open_interest = await self.request("/fapi/v1/openInterest", {"symbol": symbol}, weight=1,
+                                           parse=lambda oi: number(oi.get("openInterest")))
+        price = await self.request("/fapi/v1/premiumIndex", {"symbol": symbol}, weight=1,
+                                   parse=lambda mark: number(mark.get("markPrice")))
         return self.forming_bar(symbol, cols, open_interest), open_interest, price
 
     # ----- helpers -------------------------------------------------------------------------
     def parse_klines(self, symbol: str, rows, cols: dict[str, list]) -> None:
         """Append kline rows [open time, o, h, l, c, volume, close time, quote volume, trades,
         taker buy base, taker buy quote, ignore] to the column lists; unparsable rows are rejected."""
-        if not isinstance(rows, list):
-            raise Retry(f"klines answer is not a list: {str(rows)[:80]}")
-        for r in rows:
+        for r in listed(rows):
             try:
-                values = (int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]),
+                values = (bar_time(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]),
                           number(r[7]), number(r[9]))
-            except (TypeError, ValueError, IndexError) as exc:
+            except MALFORMED as exc:
                 self.reject(symbol, r[0] if isinstance(r, list) and r and isinstance(r[0], int) else None,
                             "kline", f"unparsable ({exc})")
                 continue
@@ -193,15 +209,16 @@ class BinanceClient(ExchangeClient):
                                             ("/futures/data/topLongShortPositionRatio", "longShortRatio",
                                              api["ratio"])):
                     rows = await self.request(path, {"symbol": symbol, "period": "5m", "limit": STATS_PER_CALL,
-                                                     "startTime": a + STEP_MS, "endTime": b + STEP_MS - 1})
-                    if not isinstance(rows, list):
-                        raise Retry(f"{path}: answer is not a list")
+                                                     "startTime": a + STEP_MS, "endTime": b + STEP_MS - 1},
+                                              parse=listed)
                     for r in rows:
                         try:
-                            ts.append(align_down(int(r["timestamp"])) - STEP_MS)
-                            vs.append(positive(r[key]))
-                        except (KeyError, TypeError, ValueError) as exc:
+                            t, v = align_down(bar_time(r["timestamp"])) - STEP_MS, positive(r[key])
+                        except MALFORMED as exc:
                             self.reject(symbol, None, key, f"unparsable ({exc})")
+                            continue
+                        ts.append(t)
+                        vs.append(v)
             except ExchangeError as exc:
                 if exc.code != -1130:
                     raise
@@ -241,7 +258,11 @@ class BinanceClient(ExchangeClient):
             try:
                 rows = read_metrics_archive(data)
                 break
-            except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, csv.Error) as exc:
+            except ExchangeError as exc:   # hostile: too large, too many files or rows, odd compression
+                metrics.FETCH_ERRORS.labels(self.name, exc.kind).inc()
+                raise
+            except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+                metrics.FETCH_ERRORS.labels(self.name, "malformed").inc()
                 log.info("binance: damaged archive %s (%s); retrying", path, exc)
                 self.retries["malformed archive"] += 1
                 await asyncio.sleep(self.backoff(attempt))

@@ -15,7 +15,8 @@ import httpx
 import numpy as np
 
 from ..bars import STEP_MS
-from .base import ExchangeClient, ExchangeError, RateWindow, Retry, align_down, join_by_time, number, windows
+from .base import (MALFORMED, ExchangeClient, ExchangeError, RateWindow, Retry, align_down, bar_time, join_by_time,
+                   listed, number, windows)
 
 log = logging.getLogger("heatsvc.exchanges")
 
@@ -25,6 +26,11 @@ RATIO_PER_CALL = 500
 MAX_PAGES = 50                 # cursor pages followed inside one window before giving up on it
 RATE_LIMIT_CODES = {10006, 10018}
 SERVER_CODES = {10000, 10016}
+
+
+def page(result) -> tuple[list, str | None]:
+    """One page of a v5 statistics answer: its rows and the cursor of the next page."""
+    return listed(result.get("list")), result.get("nextPageCursor")
 
 
 class BybitClient(ExchangeClient):
@@ -70,13 +76,14 @@ class BybitClient(ExchangeClient):
             raise Retry(f"rate limited (retCode {code})")
         if code in SERVER_CODES:
             raise Retry(f"server error (retCode {code})")
-        raise ExchangeError(self.name, f"{path}: retCode {code}: {body.get('retMsg')}", status=response.status_code,
-                            code=code)
+        raise ExchangeError(self.name, f"{path}: retCode {str(code)[:20]}: {str(body.get('retMsg'))[:200]}",
+                            status=response.status_code, code=code)
 
     async def check_symbol(self, symbol: str) -> None:
-        result = await self.request("/v5/market/instruments-info", {"category": "linear", "symbol": symbol})
-        listed = [i for i in result.get("list", []) if i.get("symbol") == symbol]
-        if not listed or listed[0].get("status", "Trading") != "Trading":
+        statuses = await self.request("/v5/market/instruments-info", {"category": "linear", "symbol": symbol},
+                                      parse=lambda result: [i.get("status", "Trading") for i in result.get("list", [])
+                                                            if i.get("symbol") == symbol])
+        if not statuses or statuses[0] != "Trading":
             raise ExchangeError(self.name, f"symbol {symbol!r} is not a trading linear contract")
 
     async def fetch_bars(self, symbol: str, start_ms: int, end_ms: int) -> dict[str, np.ndarray]:
@@ -84,9 +91,9 @@ class BybitClient(ExchangeClient):
         end = int(end_ms)
         cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume")}
         for a, b in windows(start, end, KLINES_PER_CALL):
-            result = await self.request("/v5/market/kline", {"category": "linear", "symbol": symbol, "interval": "5",
-                                                             "start": a, "end": b - 1, "limit": KLINES_PER_CALL})
-            self.parse_klines(symbol, result, cols)
+            await self.request("/v5/market/kline", {"category": "linear", "symbol": symbol, "interval": "5",
+                                                    "start": a, "end": b - 1, "limit": KLINES_PER_CALL},
+                               parse=lambda result: self.parse_klines(symbol, result, cols))
         bars = self.bars(symbol, {**cols, "open_interest": np.full(len(cols["time_ms"]), np.nan)}, start, end)
         t = bars["time_ms"]
         if len(t) == 0:
@@ -101,27 +108,27 @@ class BybitClient(ExchangeClient):
         return self.drop_invalid(symbol, bars)
 
     async def fetch_live(self, symbol: str) -> tuple[dict[str, np.ndarray], float, float]:
-        result = await self.request("/v5/market/kline", {"category": "linear", "symbol": symbol, "interval": "5",
-                                                         "limit": 1})
-        tick = await self.request("/v5/market/tickers", {"category": "linear", "symbol": symbol})
-        ticker = next((x for x in tick.get("list", []) if x.get("symbol") == symbol), None)
+        def values(tick) -> tuple[float, float] | None:
+            ticker = next((x for x in tick.get("list", []) if x.get("symbol") == symbol), None)
+            return None if ticker is None else (number(ticker.get("openInterest")),
+                                                number(ticker.get("markPrice") or ticker.get("lastPrice")))
+
+        cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume")}
+        await self.request("/v5/market/kline", {"category": "linear", "symbol": symbol, "interval": "5", "limit": 1},
+                           parse=lambda result: self.parse_klines(symbol, result, cols))
+        ticker = await self.request("/v5/market/tickers", {"category": "linear", "symbol": symbol}, parse=values)
         if ticker is None:
             raise ExchangeError(self.name, f"/v5/market/tickers: no ticker for {symbol}")
-        open_interest = number(ticker.get("openInterest"))
-        price = number(ticker.get("markPrice") or ticker.get("lastPrice"))
-        cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume")}
-        self.parse_klines(symbol, result, cols)
+        open_interest, price = ticker
         return self.forming_bar(symbol, cols, open_interest), open_interest, price
 
     def parse_klines(self, symbol: str, result, cols: dict[str, list]) -> None:
         """Append rows [startTime, open, high, low, close, volume, turnover] (strings) to the columns."""
-        rows = result.get("list") if isinstance(result, dict) else None
-        if not isinstance(rows, list):
-            raise Retry("kline result has no list")
-        for r in rows:
+        for r in listed(result.get("list")):
             try:
-                values = (int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]), number(r[6]))
-            except (TypeError, ValueError, IndexError) as exc:
+                values = (bar_time(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]),
+                          number(r[6]))
+            except MALFORMED as exc:
                 self.reject(symbol, None, "kline", f"unparsable ({exc})")
                 continue
             for f, v in zip(cols, values):
@@ -135,19 +142,15 @@ class BybitClient(ExchangeClient):
             params = {"category": "linear", "symbol": symbol, **extra, "startTime": a + STEP_MS,
                       "endTime": b + STEP_MS - 1, "limit": per_call}
             for _ in range(MAX_PAGES):
-                result = await self.request(path, params)
-                rows = result.get("list")
-                if not isinstance(rows, list):
-                    raise Retry(f"{path}: result has no list")
+                rows, cursor = await self.request(path, params, parse=page)
                 for r in rows:
                     try:
-                        t, v = align_down(int(r["timestamp"])) - STEP_MS, value(r)
-                    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+                        t, v = align_down(bar_time(r["timestamp"])) - STEP_MS, value(r)
+                    except MALFORMED as exc:
                         self.reject(symbol, None, path.rsplit("/", 1)[-1], f"unparsable ({exc})")
                         continue
                     ts.append(t)
                     vs.append(v)
-                cursor = result.get("nextPageCursor")
                 if not rows or not cursor:
                     break
                 params = {**params, "cursor": cursor}

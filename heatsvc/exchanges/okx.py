@@ -14,7 +14,8 @@ import httpx
 import numpy as np
 
 from ..bars import STEP_MS
-from .base import ExchangeClient, ExchangeError, RateWindow, Retry, align_down, join_by_time, number, windows
+from .base import (MALFORMED, ExchangeClient, ExchangeError, RateWindow, Retry, align_down, bar_time, join_by_time,
+                   number, windows)
 
 CANDLES_PER_CALL = 100
 STATS_PER_CALL = 100
@@ -72,15 +73,20 @@ class OkxClient(ExchangeClient):
             raise Retry(f"rate limited (code {code})")
         if code in SERVER_CODES:
             raise Retry(f"server error (code {code})")
-        raise ExchangeError(self.name, f"{path}: code {code}: {body.get('msg')}", status=response.status_code,
-                            code=code)
+        raise ExchangeError(self.name, f"{path}: code {code[:20]}: {str(body.get('msg'))[:200]}",
+                            status=response.status_code, code=code)
 
     async def check_symbol(self, symbol: str) -> None:
+        inst = inst_id(symbol)
+
+        def is_live(data) -> bool:
+            return any(d.get("instId") == inst and d.get("state", "live") == "live" for d in data)
+
         try:
-            data = await self.request("/api/v5/public/instruments", {"instType": "SWAP", "instId": inst_id(symbol)})
+            live = await self.request("/api/v5/public/instruments", {"instType": "SWAP", "instId": inst}, parse=is_live)
         except ExchangeError as exc:
-            raise ExchangeError(self.name, f"symbol {symbol!r} ({inst_id(symbol)}): {exc}", code=exc.code) from None
-        if not any(d.get("instId") == inst_id(symbol) and d.get("state", "live") == "live" for d in data):
+            raise ExchangeError(self.name, f"symbol {symbol!r} ({inst}): {exc}", code=exc.code) from None
+        if not live:
             raise ExchangeError(self.name, f"symbol {symbol!r} ({inst_id(symbol)}) is not a live swap")
 
     async def fetch_bars(self, symbol: str, start_ms: int, end_ms: int) -> dict[str, np.ndarray]:
@@ -106,10 +112,10 @@ class OkxClient(ExchangeClient):
     async def fetch_live(self, symbol: str) -> tuple[dict[str, np.ndarray], float, float]:
         inst = inst_id(symbol)
         data = await self.request("/api/v5/market/history-candles", {"instId": inst, "bar": "5m", "limit": 1})
-        oi = await self.request("/api/v5/public/open-interest", {"instType": "SWAP", "instId": inst})
-        mark = await self.request("/api/v5/public/mark-price", {"instType": "SWAP", "instId": inst})
-        open_interest = number(oi[0].get("oiCcy")) if oi else float("nan")
-        price = number(mark[0].get("markPx")) if mark else float("nan")
+        open_interest = await self.request("/api/v5/public/open-interest", {"instType": "SWAP", "instId": inst},
+                                           parse=lambda oi: number(oi[0].get("oiCcy")) if oi else float("nan"))
+        price = await self.request("/api/v5/public/mark-price", {"instType": "SWAP", "instId": inst},
+                                   parse=lambda mark: number(mark[0].get("markPx")) if mark else float("nan"))
         cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume")}
         self.parse_candles(symbol, data, cols, closed_only=False)
         return self.forming_bar(symbol, cols, open_interest), open_interest, price
@@ -120,8 +126,9 @@ class OkxClient(ExchangeClient):
             try:
                 if closed_only and str(r[8]) != "1":
                     continue
-                values = (int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[6]), number(r[7]))
-            except (TypeError, ValueError, IndexError) as exc:
+                values = (bar_time(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[6]),
+                          number(r[7]))
+            except MALFORMED as exc:
                 self.reject(symbol, None, "candle", f"unparsable ({exc})")
                 continue
             for f, v in zip(cols, values):
@@ -138,8 +145,8 @@ class OkxClient(ExchangeClient):
                 break
             for r in data:
                 try:
-                    t, v = align_down(int(r[0])) - STEP_MS, value(r)
-                except (TypeError, ValueError, IndexError) as exc:
+                    t, v = align_down(bar_time(r[0])) - STEP_MS, value(r)
+                except MALFORMED as exc:
                     self.reject(symbol, None, path.rsplit("/", 1)[-1], f"unparsable ({exc})")
                     continue
                 ts.append(t)

@@ -22,6 +22,7 @@ DEMO_SPEED = 100.0           # a 5-minute bar every 3 s
 DEMO_LOOKBACKS = ("12h", "1d", "3d", "7d")
 DEMO_HISTORY_DAYS = 7.5      # enough for the 7d lookback (and the open interest before it)
 DEMO_REFRESH_S = 1.0
+DEMO_METRICS = "127.0.0.1:9464"   # the demo's Prometheus endpoint, skipped if the port is taken
 
 
 def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
@@ -33,6 +34,9 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
                              f"{DEMO_START} at x{DEMO_SPEED:g} (lookbacks {', '.join(DEMO_LOOKBACKS)})")
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:50051; "
                                                               "port 0 picks a free one)")
+    parser.add_argument("--metrics-listen", metavar="HOST:PORT",
+                        help="serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (default off; "
+                             f"--demo: {DEMO_METRICS} if free)")
     parser.add_argument("--backend", choices=BACKENDS, help="engine backend (default cython)")
     parser.add_argument("--store", metavar="PATH", help="SQLite bar store (demo default: a temporary file)")
     demo = parser.add_argument_group("demo")
@@ -50,6 +54,9 @@ def run(command: str, args: argparse.Namespace) -> int:
     config = cfg.load(args.config)
     changes = {k: v for k, v in (("listen", args.listen), ("backend", args.backend), ("store", args.store)) if v}
     config = cfg.with_overrides(config, **changes)
+    if args.metrics_listen:
+        cfg.address(args.metrics_listen, "--metrics-listen")
+        config = cfg.with_overrides(config, metrics_listen=args.metrics_listen)
     try:
         return asyncio.run(serve(config, demo=args if args.demo else None, progress=not args.quiet))
     except KeyboardInterrupt:
@@ -69,6 +76,30 @@ def demo_config(config, replay, args):
                       for ex, symbols in by_exchange.items())
     return with_overrides(config, exchanges=exchanges, refresh_interval_s=DEMO_REFRESH_S,
                           history_days=args.demo_history_days, lookbacks=DEMO_LOOKBACKS)
+
+
+def start_metrics(config, *, demo: bool):
+    """The Prometheus endpoint at config.metrics_listen, or None when off. The demo uses
+    DEMO_METRICS unless told otherwise, and goes on without metrics if that port is taken."""
+    from .. import metrics
+    from ..config import address
+    from .auth import is_loopback
+
+    listen = config.metrics_listen or (DEMO_METRICS if demo else None)
+    if listen is None:
+        return None
+    try:
+        endpoint = metrics.start(*address(listen, "metrics_listen"))
+    except ValueError as exc:
+        if config.metrics_listen:
+            raise
+        print(f"heatsvc: no metrics for the demo ({exc}); choose a port with --metrics-listen", flush=True)
+        return None
+    print(f"heatsvc: Prometheus metrics at {endpoint.url}", flush=True)
+    if not is_loopback(listen):
+        logging.getLogger("heatsvc.service").warning(
+            "UNSAFE: Prometheus metrics at %s are reachable from other machines without TLS or tokens", listen)
+    return endpoint
 
 
 async def serve(config, *, demo: argparse.Namespace | None = None, progress: bool = True) -> int:
@@ -101,6 +132,7 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     clients = {}
     refresher = None
     server = None
+    endpoint = None
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -109,14 +141,19 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
         for ex in config.exchanges:
             if ex.symbols:
                 extra = {"archive_url": ex.archive_url} if ex.archive_url else {}
+                if now_ms is not None:   # the demo's clients run on the replay clock too
+                    extra["now_ms"] = now_ms
                 clients[ex.name] = make_client(ex.name, ex.base_url, **extra)
         refresher = Refresher(store, clients, config.markets, interval_s=config.refresh_interval_s,
                               history_days=config.history_days, progress=progress, now_ms=now_ms)
         server = Server(config, store, refresher)
         port = await server.start()
         host = config.listen.rpartition(":")[0]
+        tls = "mutual TLS" if config.tls_client_ca else "TLS" if config.tls_cert else "no TLS"
+        tokens = f"{len(server.service.tokens)} bearer token(s)" if server.service.tokens else "no tokens"
         print(f"heatsvc: serving heatsvc.v1 on {host}:{port} ({len(config.markets)} markets, backend "
-              f"{config.backend}); health NOT_SERVING until data is loaded", flush=True)
+              f"{config.backend}, {tls}, {tokens}); health NOT_SERVING until data is loaded", flush=True)
+        endpoint = start_metrics(config, demo=demo is not None)
         starting = asyncio.create_task(refresher.start())
         stopper = asyncio.create_task(stopping.wait())
         await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -130,6 +167,8 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     finally:
         if server is not None:
             await server.stop()
+        if endpoint is not None:
+            endpoint.stop()
         if refresher is not None:
             await refresher.stop()
         for client in clients.values():

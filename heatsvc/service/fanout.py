@@ -9,6 +9,8 @@ import asyncio
 import collections
 import logging
 
+from ..metrics import COALESCED_UPDATES
+
 log = logging.getLogger("heatsvc.service")
 
 
@@ -32,8 +34,10 @@ class Subscriber:
     def offer(self, data: bytes) -> None:
         if self.resync:
             self.skipped += 1
+            COALESCED_UPDATES.inc()
         elif len(self.queue) >= self.depth:
             self.skipped += len(self.queue) + 1
+            COALESCED_UPDATES.inc(len(self.queue) + 1)
             self.queue.clear()
             self.resync = True
         else:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hmac
 import logging
 import math
 
@@ -20,10 +19,11 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .. import metrics
 from ..engine import DAY_MS, LOOKBACKS, Heatmap, compute_aggregate, compute_heatmap
 from ..v1 import heatmap_service_pb2 as pb
-from . import messages
-from .errors import RequestError, exhausted, invalid, unauthenticated, unavailable
+from . import auth, messages
+from .errors import RequestError, exhausted, invalid, unavailable
 from .streams import ViewTopic, ZonesTopic
 from .views import Catalogue, ViewKey, check_all, grid_opts, zone_opts
 
@@ -54,6 +54,8 @@ class HeatmapService:
         self.health = health.aio.HealthServicer()
         self.topics: dict[tuple, ViewTopic | ZonesTopic] = {}
         self.streams = 0
+        self.tokens = auth.Tokens(auth.load_tokens(config))   # empty: no token needed
+        self.caller_streams: collections.Counter[str | None] = collections.Counter()  # open streams per token name
         self.computations = 0
         self.closing = False
         self._cache: collections.OrderedDict[tuple, Heatmap] = collections.OrderedDict()
@@ -115,6 +117,7 @@ class HeatmapService:
 
     async def _follow_health(self) -> None:
         while True:
+            metrics.ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
             try:
                 await self._update_health()
             except Exception as exc:  # e.g. the store is briefly locked; try again next poll
@@ -184,7 +187,8 @@ class HeatmapService:
         try:
             async with self._slots:
                 self.computations += 1
-                return await asyncio.to_thread(self._compute_now, key, markets)
+                return await asyncio.to_thread(metrics.timed, metrics.VIEW_COMPUTE.labels(key.market, key.lookback),
+                                               self._compute_now, key, markets)
         finally:
             self._pending -= 1
 
@@ -234,17 +238,8 @@ class HeatmapService:
 
     # ---- RPCs ------------------------------------------------------------------------------
 
-    def _authorize(self, context) -> None:
-        token = self.config.auth_token
-        if token is None:
-            return
-        got = dict(context.invocation_metadata() or ()).get("authorization", "")
-        if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
-            raise unauthenticated("missing or wrong token: send metadata 'authorization: Bearer TOKEN'")
-
     async def _unary(self, context, produce) -> bytes:
         try:
-            self._authorize(context)
             return await produce()
         except RequestError as exc:
             await context.abort_with_status(exc.status())
@@ -329,20 +324,24 @@ class HeatmapService:
 
     async def _stream(self, context, make):
         """Join (or start) the shared topic, send its snapshot, then its updates until either side ends."""
+        who = auth.caller.get()   # the token's name (the interceptor checked it), None without tokens
         try:
-            self._authorize(context)
             tkey, factory = make()
-            topic, sub = await self._subscribe(tkey, factory)
+            topic, sub = await self._subscribe(tkey, factory, who)
         except RequestError as exc:
             await context.abort_with_status(exc.status())
             return
+        active = metrics.ACTIVE_STREAMS.labels("StreamZones" if tkey[0] == "zones" else "StreamHeatmap")
+        active.inc()
         try:
             yield topic.snapshot()
             while (data := await sub.next(topic)) is not None:
                 yield data
         finally:
+            active.dec()
             topic.subscribers.discard(sub)
             self.streams -= 1
+            self.caller_streams[who] -= 1
             self._release(tkey, topic)
 
     def _release(self, tkey, topic) -> None:
@@ -352,12 +351,17 @@ class HeatmapService:
             if self.topics.get(tkey) is topic:
                 del self.topics[tkey]
 
-    async def _subscribe(self, tkey, factory):
+    async def _subscribe(self, tkey, factory, who: str | None = None):
         if self.closing:
             raise unavailable("the server is shutting down")
         if self.streams >= self.config.limits.max_streams:
             raise exhausted(f"the server holds its limit of {self.config.limits.max_streams} streams; retry later")
+        per_token = self.config.limits.max_streams_per_token
+        if who is not None and self.caller_streams[who] >= per_token:
+            raise exhausted(f"token {who!r} holds its limit of {per_token} streams (limits.max_streams_per_token); "
+                            "close one or retry later")
         self.streams += 1
+        self.caller_streams[who] += 1
         topic = self.topics.get(tkey)
         if topic is None:
             topic = self.topics[tkey] = factory()
@@ -370,6 +374,7 @@ class HeatmapService:
             return topic, topic.subscribe()
         except BaseException:
             self.streams -= 1
+            self.caller_streams[who] -= 1
             raise
         finally:
             topic.joining -= 1
@@ -427,14 +432,23 @@ class Server:
         ]
 
     async def start(self, listen: str | None = None) -> int:
-        """Bind and start serving (health NOT_SERVING until data is loaded); returns the port."""
-        self.grpc = grpc.aio.server(options=self.options())
+        """Bind and start serving (health NOT_SERVING until data is loaded); returns the port.
+        TLS when configured; with tokens, every RPC but health checks needs one (auth.TokenInterceptor)."""
+        credentials = auth.server_credentials(self.config)
+        tokens = self.service.tokens
+        self.grpc = grpc.aio.server(options=self.options(),
+                                    interceptors=[auth.TokenInterceptor(tokens)] if tokens else None)
         self.grpc.add_generic_rpc_handlers((self.service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.service.health, self.grpc)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
         address = listen or self.config.listen
+        if warning := auth.exposure_warning(address, credentials is not None, bool(tokens)):
+            log.warning("UNSAFE: %s", warning)
         try:
-            self.port = self.grpc.add_insecure_port(address)
+            if credentials is not None:
+                self.port = self.grpc.add_secure_port(address, credentials)
+            else:
+                self.port = self.grpc.add_insecure_port(address)
         except RuntimeError as exc:
             raise ValueError(f"cannot listen on {address}: {exc}") from None
         if not self.port:

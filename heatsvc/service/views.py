@@ -1,7 +1,6 @@
 """Which markets the server serves and what a request asks for: validated, hashable view keys."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ..engine import MAX_COLUMNS, MAX_ROWS
@@ -12,6 +11,13 @@ DEFAULT_COLUMNS = 288
 DEFAULT_THRESHOLD = 0.2
 DEFAULT_TOP = 5
 MAX_TOP = 100
+ECHO_CHARS = 40        # how much of a caller's string an error message quotes (trailers are small)
+MIN_PRICE, MAX_PRICE = 1e-12, 1e12   # an explicit price range lies inside (far beyond it, float products overflow)
+
+
+def quoted(text: str) -> str:
+    """repr of a caller's string, shortened: errors travel in trailers the client limits to 16 kB."""
+    return repr(text) if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]!r}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -64,15 +70,15 @@ class Catalogue:
         """The single-exchange markets a view of `market` reads; NOT_FOUND if not served."""
         exchange, sep, symbol = market.partition(":")
         if not sep or not exchange or not symbol:
-            raise invalid([(field, f"market {market!r} must be 'exchange:SYMBOL' or 'all:SYMBOL'")])
+            raise invalid([(field, f"market {quoted(market)} must be 'exchange:SYMBOL' or 'all:SYMBOL'")])
         if market in self.aggregates:
             return self.aggregates[market]
         if market in self.markets:
             return (market,)
         if exchange != "all" and exchange not in self.exchanges:
-            raise not_found(f"exchange {exchange!r} is not served; exchanges: {', '.join(self.exchanges)}")
+            raise not_found(f"exchange {quoted(exchange)} is not served; exchanges: {', '.join(self.exchanges)}")
         served = sorted(self.markets) + sorted(self.aggregates)
-        raise not_found(f"market {market!r} is not served; markets: {', '.join(served)}")
+        raise not_found(f"market {quoted(market)} is not served; markets: {', '.join(served)}")
 
     def view(self, msg, field: str = "view", per_tier: bool = False) -> ViewKey:
         """Validate a heatsvc.v1.View; every bad field is named in one INVALID_ARGUMENT."""
@@ -80,7 +86,7 @@ class Catalogue:
         components = self.components(msg.market, f"{field}.market")
         if msg.lookback not in self.lookbacks:
             known = ", ".join(self.lookbacks)
-            why = "is required" if not msg.lookback else f"{msg.lookback!r} is not offered"
+            why = "is required" if not msg.lookback else f"{quoted(msg.lookback)} is not offered"
             bad.append((f"{field}.lookback", f"lookback {why}; use one of {known}"))
         rows = msg.rows or DEFAULT_ROWS
         columns = msg.columns or DEFAULT_COLUMNS
@@ -97,9 +103,9 @@ class Catalogue:
         price_range = None
         if msg.HasField("price_range"):
             lo, hi = msg.price_range.low, msg.price_range.high
-            if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
-                bad.append((f"{field}.price_range", f"price range must satisfy 0 < low < high (finite), "
-                                                    f"got low={lo} high={hi}"))
+            if not MIN_PRICE <= lo < hi <= MAX_PRICE:   # NaN fails too
+                bad.append((f"{field}.price_range", f"price range must satisfy {MIN_PRICE:g} <= low < high <= "
+                                                    f"{MAX_PRICE:g}, got low={lo} high={hi}"))
             else:
                 price_range = (lo, hi)
         if bad:

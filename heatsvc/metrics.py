@@ -1,0 +1,77 @@
+"""Prometheus metrics for operators, served over HTTP by prometheus-client when [server]
+metrics_listen is set (default registry, so its process_* metrics come along).
+
+Labels only take values from the configuration (markets, lookbacks, exchanges) or fixed sets
+(kinds, statuses, methods), never anything a client sends, so the number of series stays bounded.
+The refresher, the exchange clients and the service update these; the engine knows nothing of them.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import Counter, Enum, Gauge, Histogram, start_http_server
+
+FETCH_ERROR_KINDS = ("rate_limited", "banned", "server_error", "timeout", "connection", "malformed",
+                     "truncated", "too_large", "refused", "other")
+MARKET_STATUSES = ("loading", "ok", "degraded", "failing")
+
+REFRESH_LAG = Gauge("heatsvc_refresh_lag_seconds",
+                    "Seconds since the newest stored closed bar of the market closed", ["market"])
+MARKET_STATUS = Enum("heatsvc_market_status", "The market's data status", ["market"], states=list(MARKET_STATUSES))
+REFRESHES = Counter("heatsvc_refreshes_total", "Market loads and refreshes, by result (ok, failed)",
+                    ["market", "result"])
+FETCH_ERRORS = Counter("heatsvc_fetch_errors_total",
+                       "Failed exchange HTTP attempts (retried ones included), by kind", ["exchange", "kind"])
+REJECTED_ROWS = Counter("heatsvc_rejected_rows_total", "Exchange rows dropped as invalid", ["market"])
+ACTIVE_STREAMS = Gauge("heatsvc_active_streams", "Open update streams, by RPC method", ["method"])
+COALESCED_UPDATES = Counter("heatsvc_coalesced_updates_total",
+                            "Stream updates slow subscribers skipped (they get one snapshot of the latest instead)")
+VIEW_COMPUTE = Histogram("heatsvc_view_compute_seconds", "Time to load the bars of a view and compute it",
+                         ["market", "lookback"])
+ASYNCIO_TASKS = Gauge("heatsvc_asyncio_tasks", "asyncio tasks on the server's event loop")
+
+
+def market_health(health) -> None:
+    """Publish one refresher MarketHealth: its status, and its lag once it has bars."""
+    MARKET_STATUS.labels(health.market).state(health.status)
+    if health.lag_s is not None:
+        REFRESH_LAG.labels(health.market).set(health.lag_s)
+
+
+def timed(histogram, fn, *args):
+    """fn(*args), its duration observed in `histogram` when it succeeds (failures are not views)."""
+    start = time.perf_counter()
+    result = fn(*args)
+    histogram.observe(time.perf_counter() - start)
+    return result
+
+
+@dataclass
+class Endpoint:
+    """The running /metrics HTTP server (prometheus-client's, in a daemon thread)."""
+    server: WSGIServer
+    thread: threading.Thread
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def start(host: str, port: int) -> Endpoint:
+    """Serve the default registry on host:port (port 0 picks a free one); ValueError if it cannot bind."""
+    try:
+        server, thread = start_http_server(port, host)
+    except OSError as exc:
+        raise ValueError(f"metrics_listen: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return Endpoint(server, thread, host, server.server_port)
