@@ -1,13 +1,15 @@
-"""Turn a pytest-benchmark JSON file into the README's table: medians, ns per bar, and ratios."""
+"""Turn pytest-benchmark JSON files into the README's tables: `report.py FILE` for the engine
+(medians, ns per bar, ratios), `report.py soak|fanout|requests FILE` for the service benchmarks."""
 import json
 import sys
 
 
 def main(path: str) -> None:
-    runs = json.load(open(path))["benchmarks"]
+    with open(path) as f:
+        run = json.load(f)
     rows = {(r["extra_info"]["backend"], r["extra_info"]["lookback"]): (r["stats"]["median"], r["extra_info"]["bars"])
-            for r in runs}
-    print(f"machine: {json.load(open(path))['machine_info']['cpu'].get('brand_raw', '?')}\n")
+            for r in run["benchmarks"]}
+    print(f"machine: {run['machine_info']['cpu'].get('brand_raw', '?')}\n")
     print("| view | bars | backend | median | ns / bar | cython speed-up |")
     print("|---|---:|---|---:|---:|---:|")
     for (backend, lookback), (median, bars) in rows.items():
@@ -61,9 +63,8 @@ def requests(path: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "soak":
-        soak(sys.argv[2])
-    elif sys.argv[1] in ("fanout", "requests"):
-        {"fanout": fanout, "requests": requests}[sys.argv[1]](sys.argv[2])
+    tables = {"soak": soak, "fanout": fanout, "requests": requests}
+    if sys.argv[1] in tables:
+        tables[sys.argv[1]](sys.argv[2])
     else:
-        main(sys.argv[1])
+        main(sys.argv[1])   # the engine's table

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -241,7 +242,7 @@ def figures(base: dict, during: dict, after: dict, settle_s: float, before_ms, d
     out.update(settle_s=round(settle_s, 2), rss_growth_after_mb=round(after["rss_mb"] - base["rss_mb"], 1),
                rss_gc_before_mb=round(base["rss_gc_mb"], 1), rss_gc_after_mb=round(after["rss_gc_mb"], 1),
                rss_growth_after_gc_only_mb=round(after["rss_gc_mb"] - base["rss_gc_mb"], 1),
-               rss_margin_mb=RSS_MARGIN_MB, machine="shared busy 2-core machine (other workers running)",
+               rss_margin_mb=RSS_MARGIN_MB, machine=f"{os.cpu_count()} cores",
                **{f"watchers_before_{k}": round(v, 2) for k, v in percentiles(before_ms).items()},
                **{f"watchers_during_{k}": round(v, 2) for k, v in percentiles(during_ms).items()},
                updates_before=len(before_ms), updates_during=len(during_ms))
@@ -249,7 +250,7 @@ def figures(base: dict, during: dict, after: dict, settle_s: float, before_ms, d
 
 
 def print_figures(name: str, f: dict) -> None:
-    print(f"\n{name} (shared, busy 2-core machine)")
+    print(f"\n{name}")
     print(f"  {'':<10} {'rss MB':>8} {'tasks':>6} {'streams':>8} {'subs':>5} {'topics':>6} {'queued':>6}")
     for when in ("before", "during", "after"):
         print(f"  {when:<10} " + " ".join(f"{f[f'{k}_{when}']:>{w}}" for k, w in

@@ -244,7 +244,7 @@ def compare_store(records: dict[str, np.ndarray], now_ms: int) -> dict[str, dict
 
 def print_table(rows: list[dict], store: dict | None = None) -> None:
     """The per-phase figures as a markdown table (also `python bench/report.py soak FILE.json`)."""
-    print("\nsoak phases (shared, busy 2-core machine); health: ListMarkets statuses seen in order")
+    print("\nsoak phases; health: ListMarkets statuses seen in order")
     print("| phase | faults | health binance:BTCUSDT | bybit:BTCUSDT | binance:ETHUSDT | RSS MB | CPU s "
           "| asyncio tasks | updates | bars stored | ok again after s |")
     print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|")
@@ -338,7 +338,7 @@ def test_soak(benchmark, spawn):
         rss_plateau_mb=round(plateau, 1), rss_end_mb=round(rss_end, 1), rss_margin_mb=round(margin, 1),
         rss_trimmed_mb=[round(mb, 1) for mb in trimmed],
         rss_series_mb=[round(mb, 1) for _, mb in watch.rss], final_health=health,
-        machine="shared busy 2-core machine (other workers running)")
+        machine=f"{os.cpu_count()} cores")
 
     # the store: every closed bar the exchange served, once, with its values
     assert all(h["status"] == "ok" and not h["missing_bars"] and h["last_bar_ms"] == end_ms // STEP * STEP

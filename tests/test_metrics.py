@@ -28,8 +28,7 @@ from heatsvc.refresher import Refresher
 from heatsvc.replay import Faults, ReplayExchange
 from heatsvc.store import Store
 from heatsvc.v1 import heatmap_service_pb2 as pb
-from heatsvc.v1 import heatmap_service_pb2_grpc as pb_grpc
-from test_service import END, START, Stack, small_datasets, view
+from test_service import END, START, Stack, small_datasets, stall_one_of_two, view
 
 DAY = 86_400_000
 HEATSVC_FAMILIES = {"heatsvc_refresh_lag_seconds", "heatsvc_fetch_errors", "heatsvc_rejected_rows",
@@ -238,29 +237,11 @@ def test_active_streams_go_up_then_back_down(stack):
 
 
 def test_updates_a_stalled_reader_skips_are_counted(stack):
-    # big messages (1500 x 288 float32 grids) fill the transport window of a reader that stops reading
-    req = pb.StreamHeatmapRequest(view=view(rows=1500, columns=288))
-    slow_channel = grpc.insecure_channel(stack.target, options=[("grpc.max_receive_message_length", -1),
-                                                                ("grpc.http2.bdp_probe", 0)])
-    slow = pb_grpc.HeatmapServiceStub(slow_channel).StreamHeatmap(req, timeout=90)
-    fast = stack.stub.StreamHeatmap(req, timeout=90)
-    next(slow)
-    last = next(fast).sequence
     before = value("heatsvc_coalesced_updates_total")
-    for _ in range(6):
-        stack.step()
-        msg = next(fast)
-        assert not msg.gap_skipped
-        last = msg.sequence
-    got = []
-    while not got or got[-1].sequence < last:
-        got.append(next(slow))
+    _, _, got = stall_one_of_two(stack, rows=1500, updates=6)
     skipped = sum(m.skipped_updates for m in got)
     assert skipped > 0
     assert value("heatsvc_coalesced_updates_total") - before == skipped
-    slow.cancel()
-    fast.cancel()
-    slow_channel.close()
 
 
 def test_asyncio_task_gauge_follows_the_server_loop(stack):

@@ -4,6 +4,7 @@ in the store with their closed values."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import numpy as np
@@ -33,33 +34,42 @@ def closed_bars_match(store: Store, replay: ReplayExchange, market: str, start: 
         np.testing.assert_allclose(got[f], ref[f][sel], rtol=1e-9, err_msg=f"{market} {f}")
 
 
+@contextlib.asynccontextmanager
+async def refreshing(tmp_path, market: str, bars: dict, start_ms: int, *, clock_lag_ms: int = 0, **kw):
+    """The replay exchange serving `bars` as `market`, its client, a store and a started, ready
+    refresher whose clock runs `clock_lag_ms` behind the exchange's: yields (replay, store, refresher)."""
+    exchange = market.split(":")[0]
+    with ReplayExchange(datasets={market: bars}, start_ms=start_ms) as replay:
+        extra = {"archive_url": replay.archive_url()} if exchange == "binance" else {}
+        client = make_client(exchange, replay.base_url(exchange), now_ms=replay.now_ms, **extra, **FAST)
+        store = Store(tmp_path / "s.sqlite3")
+        r = Refresher(store, {exchange: client}, [market], interval_s=3600, history_days=1,
+                      now_ms=lambda: replay.now_ms() - clock_lag_ms, **kw)
+        try:
+            await r.start()
+            await r.wait_ready(timeout=60)
+            yield replay, store, r
+        finally:
+            await r.stop()
+            await client.aclose()
+            store.close()
+
+
 def test_bars_closing_while_a_refresh_runs_are_stored_closed(tmp_path):
     # The refresher's clock a minute behind the exchange's: each refresh starts in the previous bar
     # while the exchange already forms the next one, as when a refresh straddles a bar's close.
     market = "binance:BTCUSDT"
-    data = {market: synthetic_bars("BTCUSDT", "binance", days=3, end_ms=END)}
 
     async def main():
-        with ReplayExchange(datasets=data, start_ms=CUR + 30_000) as replay:
-            client = make_client("binance", replay.base_url("binance"), archive_url=replay.archive_url(),
-                                 now_ms=replay.now_ms, **FAST)
-            store = Store(tmp_path / "s.sqlite3")
-            r = Refresher(store, {"binance": client}, [market], interval_s=3600, history_days=1,
-                          now_ms=lambda: replay.now_ms() - 60_000)
-            try:
-                await r.start()
-                await r.wait_ready(timeout=60)
-                for _ in range(4):
-                    replay.step(STEP_MS)
-                    await r.refresh(market)
-                forming = store.last_time(market)
-                assert forming == CUR + 4 * STEP_MS                      # the exchange's forming bar
-                closed_bars_match(store, replay, market, CUR - 12 * STEP_MS, forming)
-                assert r.health()[market].status == "ok"
-            finally:
-                await r.stop()
-                await client.aclose()
-                store.close()
+        bars = synthetic_bars("BTCUSDT", "binance", days=3, end_ms=END)
+        async with refreshing(tmp_path, market, bars, CUR + 30_000, clock_lag_ms=60_000) as (replay, store, r):
+            for _ in range(4):
+                replay.step(STEP_MS)
+                await r.refresh(market)
+            forming = store.last_time(market)
+            assert forming == CUR + 4 * STEP_MS                      # the exchange's forming bar
+            closed_bars_match(store, replay, market, CUR - 12 * STEP_MS, forming)
+            assert r.health()[market].status == "ok"
 
     asyncio.run(main())
 
@@ -75,24 +85,13 @@ def test_statistics_published_late_replace_the_forming_values(tmp_path):
     late["open_interest"][i] = np.nan
 
     async def main():
-        with ReplayExchange(datasets={market: late}, start_ms=CUR + 150_000) as replay:
-            client = make_client("bybit", replay.base_url("bybit"), now_ms=replay.now_ms, **FAST)
-            store = Store(tmp_path / "s.sqlite3")
-            r = Refresher(store, {"bybit": client}, [market], interval_s=3600, history_days=1,
-                          now_ms=replay.now_ms)
-            try:
-                await r.start()
-                await r.wait_ready(timeout=60)
-                replay.step(STEP_MS)
-                await r.refresh(market)                                   # bar CUR closed, no snapshot yet
-                replay._series[market] = Series(market, full)           # the snapshot is published late
-                replay.step(STEP_MS)
-                await r.refresh(market)
-                closed_bars_match(store, replay, market, CUR - 12 * STEP_MS, CUR + 2 * STEP_MS)
-            finally:
-                await r.stop()
-                await client.aclose()
-                store.close()
+        async with refreshing(tmp_path, market, late, CUR + 150_000) as (replay, store, r):
+            replay.step(STEP_MS)
+            await r.refresh(market)                                   # bar CUR closed, no snapshot yet
+            replay._series[market] = Series(market, full)           # the snapshot is published late
+            replay.step(STEP_MS)
+            await r.refresh(market)
+            closed_bars_match(store, replay, market, CUR - 12 * STEP_MS, CUR + 2 * STEP_MS)
 
     asyncio.run(main())
 
@@ -102,34 +101,22 @@ def test_a_closed_bar_missing_from_answers_is_a_gap_until_refetched(tmp_path):
     # last: the forming bar stored before must count as missing (degraded), not as a closed bar,
     # and once answers are whole again the bars fill in and the health is ok again.
     market = "binance:BTCUSDT"
-    data = {market: synthetic_bars("BTCUSDT", "binance", days=3, end_ms=END)}
 
     async def main():
-        with ReplayExchange(datasets=data, start_ms=CUR + 150_000) as replay:
-            client = make_client("binance", replay.base_url("binance"), archive_url=replay.archive_url(),
-                                 now_ms=replay.now_ms, **FAST)
-            store = Store(tmp_path / "s.sqlite3")
-            r = Refresher(store, {"binance": client}, [market], interval_s=3600, history_days=1,
-                          now_ms=replay.now_ms, gap_attempts=2)
-            try:
-                await r.start()
-                await r.wait_ready(timeout=60)
-                replay.faults.missing_rate = 1.0
-                replay.step(STEP_MS)
-                for _ in range(4):                                       # more than gap_attempts
-                    await r.refresh(market)
-                    h = r.health()[market]
-                    assert h.status == "degraded" and h.missing_bars == 1, h
-                replay.faults.missing_rate = 0.0
-                replay.step(STEP_MS)
+        bars = synthetic_bars("BTCUSDT", "binance", days=3, end_ms=END)
+        async with refreshing(tmp_path, market, bars, CUR + 150_000, gap_attempts=2) as (replay, store, r):
+            replay.faults.missing_rate = 1.0
+            replay.step(STEP_MS)
+            for _ in range(4):                                       # more than gap_attempts
                 await r.refresh(market)
-                closed_bars_match(store, replay, market, CUR - 12 * STEP_MS, CUR + 2 * STEP_MS)
                 h = r.health()[market]
-                assert h.status == "ok" and h.missing_bars == 0, h
-            finally:
-                await r.stop()
-                await client.aclose()
-                store.close()
+                assert h.status == "degraded" and h.missing_bars == 1, h
+            replay.faults.missing_rate = 0.0
+            replay.step(STEP_MS)
+            await r.refresh(market)
+            closed_bars_match(store, replay, market, CUR - 12 * STEP_MS, CUR + 2 * STEP_MS)
+            h = r.health()[market]
+            assert h.status == "ok" and h.missing_bars == 0, h
 
     asyncio.run(main())
 
@@ -137,36 +124,24 @@ def test_a_closed_bar_missing_from_answers_is_a_gap_until_refetched(tmp_path):
 def test_health_counts_a_gap_while_it_is_being_refetched(tmp_path):
     # Health read while a gap's retry waits for the exchange (here: slow answers) must still count it.
     market = "binance:BTCUSDT"
-    data = {market: synthetic_bars("BTCUSDT", "binance", days=3, end_ms=END)}
 
     async def main():
-        with ReplayExchange(datasets=data, start_ms=CUR + 150_000) as replay:
-            client = make_client("binance", replay.base_url("binance"), archive_url=replay.archive_url(),
-                                 now_ms=replay.now_ms, **FAST)
-            store = Store(tmp_path / "s.sqlite3")
-            r = Refresher(store, {"binance": client}, [market], interval_s=3600, history_days=1,
-                          now_ms=replay.now_ms)
-            try:
-                await r.start()
-                await r.wait_ready(timeout=60)
-                replay.faults.missing_rate = 1.0
-                replay.step(STEP_MS)
-                await r.refresh(market)
-                assert r.health()[market].missing_bars == 1
-                replay.faults.latency_s = 0.05
-                refresh = asyncio.create_task(r.refresh(market))
-                seen = []
-                for _ in range(400):                       # bounded: 400 x 5 ms
-                    seen.append(r.health()[market].missing_bars)
-                    if refresh.done():
-                        break
-                    await asyncio.sleep(0.005)
-                await refresh
-                assert len(seen) > 10 and set(seen) == {1}, seen
-            finally:
-                await r.stop()
-                await client.aclose()
-                store.close()
+        bars = synthetic_bars("BTCUSDT", "binance", days=3, end_ms=END)
+        async with refreshing(tmp_path, market, bars, CUR + 150_000) as (replay, store, r):
+            replay.faults.missing_rate = 1.0
+            replay.step(STEP_MS)
+            await r.refresh(market)
+            assert r.health()[market].missing_bars == 1
+            replay.faults.latency_s = 0.05
+            refresh = asyncio.create_task(r.refresh(market))
+            seen = []
+            for _ in range(400):                       # bounded: 400 x 5 ms
+                seen.append(r.health()[market].missing_bars)
+                if refresh.done():
+                    break
+                await asyncio.sleep(0.005)
+            await refresh
+            assert len(seen) > 10 and set(seen) == {1}, seen
 
     asyncio.run(main())
 

@@ -384,33 +384,42 @@ def test_many_subscribers_share_one_computation(stack):
         c.cancel()
 
 
-def test_slow_reader_is_coalesced_while_a_fast_one_keeps_every_update(stack):
-    # big messages (2000 x 288 float32 grids, ~4.6 MB) fill the transport window of a reader that stops reading
-    req = pb.StreamHeatmapRequest(view=view(rows=2000, columns=288))
+def stall_one_of_two(stack, rows: int, updates: int):
+    """Two streams of a big view (rows x 288 float32 grids fill the transport window of a reader that
+    stops reading): one read through `updates` refreshes, the other stalled meanwhile and then read up to
+    the latest. Returns (the read one's first sequence, its update sequences, what the stalled one got)."""
+    req = pb.StreamHeatmapRequest(view=view(rows=rows, columns=288))
     slow_channel = grpc.insecure_channel(stack.target, options=[("grpc.max_receive_message_length", -1),
                                                                 ("grpc.http2.bdp_probe", 0)])
     slow = pb_grpc.HeatmapServiceStub(slow_channel).StreamHeatmap(req, timeout=90)
     fast = stack.stub.StreamHeatmap(req, timeout=90)
-    next(slow)
-    fast_first = next(fast)
-    fast_seqs = []
-    for _ in range(8):
-        stack.step()
-        msg = next(fast)
-        fast_seqs.append(msg.sequence)
-        assert not msg.gap_skipped
-    assert fast_seqs == list(range(fast_first.sequence + 1, fast_first.sequence + 9))
-    got = []  # what the slow reader is owed: fewer messages than updates, ending at the latest
-    while not got or got[-1].sequence < fast_seqs[-1]:
-        got.append(next(slow))
-    skipped = [m for m in got if m.gap_skipped]
+    try:
+        next(slow)
+        first = next(fast).sequence
+        fast_seqs = []
+        for _ in range(updates):
+            stack.step()
+            msg = next(fast)
+            assert not msg.gap_skipped
+            fast_seqs.append(msg.sequence)
+        got = []
+        while not got or got[-1].sequence < fast_seqs[-1]:
+            got.append(next(slow))
+        return first, fast_seqs, got
+    finally:
+        slow.cancel()
+        fast.cancel()
+        slow_channel.close()
+
+
+def test_slow_reader_is_coalesced_while_a_fast_one_keeps_every_update(stack):
+    first, fast_seqs, got = stall_one_of_two(stack, rows=2000, updates=8)   # ~4.6 MB messages
+    assert fast_seqs == list(range(first + 1, first + 9))
+    skipped = [m for m in got if m.gap_skipped]   # the slow reader is owed fewer messages, ending at the latest
     assert skipped, [m.sequence for m in got]
     assert all(m.kind == pb.UPDATE_KIND_SNAPSHOT and m.skipped_updates > 0 for m in skipped)
     assert len(got) < 8
     assert got[-1].sequence == fast_seqs[-1] and got[-1].HasField("heatmap")
-    slow.cancel()
-    fast.cancel()
-    slow_channel.close()
 
 
 def test_stream_zones_of_many_views(stack):

@@ -122,8 +122,8 @@ class ExchangeClient:
 
     def __init__(self, base_url: str | None = None, *, timeout_s: float = 10.0, max_retries: int = 6,
                  backoff_s: float = 0.5, backoff_cap_s: float = 30.0, max_wait_s: float = 60.0,
-                 ban_probe_s: float = 30.0, ban_cap_s: float = 900.0, now_ms: Callable[[], int] | None = None, seed: int | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES):
+                 ban_probe_s: float = 30.0, ban_cap_s: float = 900.0, now_ms: Callable[[], int] | None = None,
+                 seed: int | None = None, max_body_bytes: int = MAX_BODY_BYTES):
         self.base_url = (base_url or self.default_base_url).rstrip("/")
         self.max_body_bytes = max_body_bytes
         self.attempt_s = 3 * timeout_s   # a whole answer must arrive within this, however slowly it drips
