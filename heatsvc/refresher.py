@@ -5,7 +5,8 @@ them and tells subscribers (MarketUpdated) that the market moved.
 
 Failures are contained: a market whose exchange fails is marked degraded or failing in its
 health, what it could not fetch is recorded as a gap and retried later, and no other market (and
-no other exchange) waits for it.
+no other exchange) waits for it. A market whose data lags (two bars, or three refresh intervals)
+is degraded too, even while its refreshes succeed.
 """
 from __future__ import annotations
 
@@ -106,6 +107,8 @@ class Refresher:
             raise ValueError(f"history_days must be positive, got {history_days}")
         self.store = store
         self.interval_s, self.history_ms = interval_s, int(history_days * DAY_MS)
+        # behind by more than this (two bars, or three refreshes) is degraded even while refreshes succeed
+        self.lag_limit_s = max(2 * STEP_MS / 1000, 3 * interval_s)
         self.progress = progress
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.chunk_ms = max(STEP_MS, align_down(int(chunk_days * DAY_MS)))
@@ -183,13 +186,14 @@ class Refresher:
         for m in self._markets.values():
             last = self.store.last_time(m.name)
             status = m.status
-            if status == "ok" and (m.client.degraded or m.gaps):
+            lag_s = None if last is None else max(0.0, (now - last - STEP_MS) / 1000)
+            if status == "ok" and (m.client.degraded or m.gaps or (lag_s or 0) > self.lag_limit_s):
                 status = "degraded"
             skipped = tuple(f"{format_time(a)}..{format_time(b)} ({(b - a) // STEP_MS} bars, "
                             f"{tries} attempt{'s' if tries != 1 else ''})" for (a, b), tries in sorted(m.gaps.items()))
             out[m.name] = MarketHealth(
                 market=m.name, status=status, last_bar_ms=last,
-                lag_s=None if last is None else max(0.0, (now - last - STEP_MS) / 1000),
+                lag_s=lag_s,
                 consecutive_failures=m.failures, last_error=m.last_error, ready=m.ready.is_set(),
                 rejected_rows=m.client.rejected[m.symbol],
                 missing_bars=sum((b - a) // STEP_MS for a, b in m.gaps), skipped=skipped)

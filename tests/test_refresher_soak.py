@@ -146,6 +146,27 @@ def test_health_counts_a_gap_while_it_is_being_refetched(tmp_path):
     asyncio.run(main())
 
 
+def test_a_market_lagging_behind_is_degraded_until_refreshed(tmp_path):
+    # Refreshes that stop coming (or keep coming late) without failing still leave the data stale.
+    market = "binance:BTCUSDT"
+
+    async def main():
+        bars = synthetic_bars("BTCUSDT", "binance", days=3, end_ms=END)
+        async with refreshing(tmp_path, market, bars, CUR + 150_000) as (replay, store, r):
+            assert r.health()[market].status == "ok"
+            limit_bars = int(r.lag_limit_s * 1000 // STEP_MS)
+            replay.step(limit_bars * STEP_MS)                       # exactly at the limit: still ok
+            assert r.health()[market].status == "ok"
+            replay.step(STEP_MS)
+            h = r.health()[market]
+            assert h.status == "degraded" and h.lag_s > r.lag_limit_s, h
+            await r.refresh(market)
+            h = r.health()[market]
+            assert h.status == "ok" and h.lag_s == 0, h
+
+    asyncio.run(main())
+
+
 def test_demo_clients_run_on_the_replay_clock(tmp_path):
     # `heatsvc serve --demo` across a UTC midnight: Binance open interest of the recent bars comes from
     # the API window (the last 30 days of the replay clock), not from a cached, half-written daily
