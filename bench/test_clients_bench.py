@@ -335,8 +335,11 @@ def test_stalled_subscriber(benchmark, spawn):
         for k in ("streams", "subscribers", "tasks", "topics"):
             assert r["after"][k] == base[k], (k, base, r["after"])
     # What the first round left (the view's cache entry, and heap glibc keeps; see the report) does
-    # not grow with a second round.
-    assert second["after"]["rss_mb"] < first["after"]["rss_mb"] + RSS_MARGIN_MB, (first["after"], second["after"])
+    # not grow with a second round by more than one full queue of messages (fragments of freed message
+    # buffers glibc may keep: 30 MB was seen once); holding the round's updates would be `steps` messages.
+    bound = max(RSS_MARGIN_MB, depth * first["message_mb"])
+    assert bound < steps * first["message_mb"]
+    assert second["after"]["rss_mb"] < first["after"]["rss_mb"] + bound, (first["after"], second["after"])
 
 
 # ---- 2. a client SIGKILLed with open streams ---------------------------------------------------------
