@@ -45,10 +45,6 @@ def exhausted(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
 
-def unauthenticated(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.UNAUTHENTICATED, message)
-
-
 def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
     """The (field, description) pairs of a BadRequest detail in a client-side RpcError."""
     status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
