@@ -35,10 +35,14 @@ def closed_bars_match(store: Store, replay: ReplayExchange, market: str, start: 
 
 
 @contextlib.asynccontextmanager
-async def refreshing(tmp_path, market: str, bars: dict, start_ms: int, *, clock_lag_ms: int = 0, **kw):
-    """The replay exchange serving `bars` as `market`, its client, a store and a started, ready
-    refresher whose clock runs `clock_lag_ms` behind the exchange's: yields (replay, store, refresher)."""
-    exchange = market.split(":")[0]
+async def refreshing(tmp_path, market: str, start_ms: int, *, bars: dict | None = None, clock_lag_ms: int = 0,
+                     **kw):
+    """The replay exchange serving `bars` (default: 3 synthetic days) as `market`, its client, a store and
+    a started, ready refresher whose clock runs `clock_lag_ms` behind the exchange's: yields (replay, store,
+    refresher)."""
+    exchange, symbol = market.split(":")
+    if bars is None:
+        bars = synthetic_bars(symbol, exchange, days=3, end_ms=END)
     with ReplayExchange(datasets={market: bars}, start_ms=start_ms) as replay:
         extra = {"archive_url": replay.archive_url()} if exchange == "binance" else {}
         client = make_client(exchange, replay.base_url(exchange), now_ms=replay.now_ms, **extra, **FAST)
@@ -61,8 +65,7 @@ def test_bars_closing_while_a_refresh_runs_are_stored_closed(tmp_path):
     market = "binance:BTCUSDT"
 
     async def main():
-        bars = synthetic_bars("BTCUSDT", "binance", days=3, end_ms=END)
-        async with refreshing(tmp_path, market, bars, CUR + 30_000, clock_lag_ms=60_000) as (replay, store, r):
+        async with refreshing(tmp_path, market, CUR + 30_000, clock_lag_ms=60_000) as (replay, store, r):
             for _ in range(4):
                 replay.step(STEP_MS)
                 await r.refresh(market)
@@ -85,7 +88,7 @@ def test_statistics_published_late_replace_the_forming_values(tmp_path):
     late["open_interest"][i] = np.nan
 
     async def main():
-        async with refreshing(tmp_path, market, late, CUR + 150_000) as (replay, store, r):
+        async with refreshing(tmp_path, market, CUR + 150_000, bars=late) as (replay, store, r):
             replay.step(STEP_MS)
             await r.refresh(market)                                   # bar CUR closed, no snapshot yet
             replay._series[market] = Series(market, full)           # the snapshot is published late
@@ -103,8 +106,7 @@ def test_a_closed_bar_missing_from_answers_is_a_gap_until_refetched(tmp_path):
     market = "binance:BTCUSDT"
 
     async def main():
-        bars = synthetic_bars("BTCUSDT", "binance", days=3, end_ms=END)
-        async with refreshing(tmp_path, market, bars, CUR + 150_000, gap_attempts=2) as (replay, store, r):
+        async with refreshing(tmp_path, market, CUR + 150_000, gap_attempts=2) as (replay, store, r):
             replay.faults.missing_rate = 1.0
             replay.step(STEP_MS)
             for _ in range(4):                                       # more than gap_attempts
@@ -126,8 +128,7 @@ def test_health_counts_a_gap_while_it_is_being_refetched(tmp_path):
     market = "binance:BTCUSDT"
 
     async def main():
-        bars = synthetic_bars("BTCUSDT", "binance", days=3, end_ms=END)
-        async with refreshing(tmp_path, market, bars, CUR + 150_000) as (replay, store, r):
+        async with refreshing(tmp_path, market, CUR + 150_000) as (replay, store, r):
             replay.faults.missing_rate = 1.0
             replay.step(STEP_MS)
             await r.refresh(market)
@@ -151,8 +152,7 @@ def test_a_market_lagging_behind_is_degraded_until_refreshed(tmp_path):
     market = "binance:BTCUSDT"
 
     async def main():
-        bars = synthetic_bars("BTCUSDT", "binance", days=3, end_ms=END)
-        async with refreshing(tmp_path, market, bars, CUR + 150_000) as (replay, store, r):
+        async with refreshing(tmp_path, market, CUR + 150_000) as (replay, store, r):
             assert r.health()[market].status == "ok"
             limit_bars = int(r.lag_limit_s * 1000 // STEP_MS)
             replay.step(limit_bars * STEP_MS)                       # exactly at the limit: still ok
