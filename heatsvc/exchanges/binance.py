@@ -261,7 +261,8 @@ class BinanceClient(ExchangeClient):
             except ExchangeError as exc:   # hostile: too large, too many files or rows, odd compression
                 metrics.FETCH_ERRORS.labels(self.name, exc.kind).inc()
                 raise
-            except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+            except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, csv.Error, ValueError,
+                    NotImplementedError) as exc:   # zipfile's errors for corrupt or unsupported archives
                 metrics.FETCH_ERRORS.labels(self.name, "malformed").inc()
                 log.info("binance: damaged archive %s (%s); retrying", path, exc)
                 self.retries["malformed archive"] += 1
