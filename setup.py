@@ -1,4 +1,4 @@
-"""Builds the Cython kernel (ext/_kernel.pyx) into heatsvc._kernel; metadata lives in pyproject.toml."""
+"""Builds the Cython kernel (ext/_kernel.pyx) into heatsvc.model._kernel; metadata lives in pyproject.toml."""
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -8,7 +8,7 @@ compile_args = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
 
 extensions = [
     Extension(
-        "heatsvc._kernel",
+        "heatsvc.model._kernel",
         ["ext/_kernel.pyx"],
         include_dirs=[np.get_include()],
         extra_compile_args=compile_args,

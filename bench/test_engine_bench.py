@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from heatsvc import bars as barlib
-from heatsvc import datasets, engine
+from heatsvc.model import bars as barlib
+from heatsvc import datasets
+from heatsvc.model import engine
 
 ROWS, COLUMNS = 400, 288
 # the python backend loops over every cell of the book on every bar: only the shortest view is reasonable
@@ -44,7 +45,7 @@ def test_nine_lookbacks(benchmark, market):
 
 def test_kernel_only_1y(benchmark, market):
     """The kernel alone on the 1Y view, without validation and view set-up: what bounds the whole."""
-    from heatsvc import _kernel
+    from heatsvc.model import _kernel
     benchmark.group = "view 1Y"
     benchmark.extra_info.update(backend="cython kernel only", lookback="1Y", bars=engine.LOOKBACKS["1Y"] // barlib.STEP_MS)
     span = engine.LOOKBACKS["1Y"]

@@ -20,7 +20,7 @@ cdef double EDGE_MARGIN = 1e-9          # relative margin on row edges: beyond i
 
 
 cdef enum:
-    MAX_TIERS = 32                      # heatsvc.engine.MAX_TIERS
+    MAX_TIERS = 32                      # heatsvc.model.engine.MAX_TIERS
 
 
 cdef struct Side:
@@ -315,7 +315,7 @@ cdef double* mptr(double[::1] a) noexcept:
 
 
 def evolve_view(view):
-    """Run a prepared heatsvc.engine.View through the kernel; returns the backend result dict."""
+    """Run a prepared heatsvc.model.engine.View through the kernel; returns the backend result dict."""
     p = view.params
     cdef Py_ssize_t J = len(p.tiers), K = view.book_rows, R = view.rows, C = view.columns
     lr = view.log_rho

@@ -58,7 +58,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .engine import BACKENDS, DEFAULT_TIERS, LOOKBACKS, MAX_COLUMNS, MAX_ROWS, ModelParams, Tier
+from .model.engine import BACKENDS, DEFAULT_TIERS, LOOKBACKS, MAX_COLUMNS, MAX_ROWS, ModelParams, Tier
 
 EXCHANGES = ("binance", "bybit", "okx")
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")

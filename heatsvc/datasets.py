@@ -1,6 +1,6 @@
 """Bundled market data: the recorded Binance HYPEUSDT crash window and seeded synthetic markets.
 
-Both come as the engine's bars (see heatsvc.bars). The recorded files are Binance's public USD-M
+Both come as the engine's bars (see heatsvc.model.bars). The recorded files are Binance's public USD-M
 futures kline rows and daily "metrics" archive rows, 2025-09-28 to 2025-10-16, taken unchanged from
 the public repository Lazzmatazz74/btc-futures-data (data/HYPEUSDT-5m.csv, data/HYPEUSDT-metrics.csv)
 and stored gzip-compressed in heatsvc/data/.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bars as barlib
-from .bars import STEP_MS
+from .model import bars as barlib
+from .model.bars import STEP_MS
 
 RECORDED_SYMBOL = "HYPEUSDT"
 RECORDED_MARKET = f"binance:{RECORDED_SYMBOL}"
@@ -140,7 +140,7 @@ def synthetic_bars(symbol: str = "BTCUSDT", exchange: str = "binance", *, days: 
 
 
 def read_bars_file(path: str) -> dict[str, np.ndarray]:
-    """Bars from an .npz (arrays named as heatsvc.bars.FIELDS) or a CSV with those column names
+    """Bars from an .npz (arrays named as heatsvc.model.bars.FIELDS) or a CSV with those column names
     (an empty cell is a missing value); the engine then checks every bar."""
     p = Path(path)
     if not p.is_file():
@@ -159,7 +159,7 @@ def read_bars_file(path: str) -> dict[str, np.ndarray]:
         missing = [n for n in barlib.REQUIRED if n not in names]
         if missing:
             raise ValueError(f"--data: {path!r} lacks column(s) {', '.join(missing)} "
-                             f"(columns are named as heatsvc.bars.FIELDS: {', '.join(barlib.FIELDS)})")
+                             f"(columns are named as heatsvc.model.bars.FIELDS: {', '.join(barlib.FIELDS)})")
         columns: dict[str, list] = {n: [] for n in names if n in barlib.FIELDS}
         for line, row in enumerate(reader, start=2):
             for name in columns:

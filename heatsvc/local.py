@@ -11,8 +11,9 @@ import time
 from google.protobuf import json_format
 from rich.console import Console
 
-from . import datasets, engine
-from .bars import parse_time
+from . import datasets
+from .model import engine
+from .model.bars import parse_time
 from .client import zone_table
 from .service import messages
 from .service.views import ViewKey, ZoneOpts

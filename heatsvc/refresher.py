@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from . import metrics
-from .bars import STEP_MS, format_time
+from .model.bars import STEP_MS, format_time
 from .exchanges.base import ExchangeClient, ExchangeError, ExchangeUnavailable, align_down
 from .store import Store
 

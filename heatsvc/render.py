@@ -1,6 +1,6 @@
 """`heatsvc render`: the heatmap, the liquidation map and the estimated-liquidations bars as PNG.
 
-A thin layer over the model: local bars go through heatsvc.engine, a running server's answer comes
+A thin layer over the model: local bars go through heatsvc.model.engine, a running server's answer comes
 through the heatsvc.v1 API, and both become one Scene of plain arrays that the drawing functions
 turn into a picture (matplotlib Figure on the Agg canvas, no pyplot state). What it draws are
 estimated liquidation levels: market-risk context, not a forecast.
@@ -24,9 +24,9 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from . import bars as barlib
+from .model import bars as barlib
 from . import datasets
-from . import zones as zonelib
+from .model import zones as zonelib
 from .client import add_connection_arguments, money, price_text
 
 DAY_MS = 86_400_000
@@ -53,7 +53,7 @@ class Scene:
     lookback: str
     long: np.ndarray               # estimated long liquidation notional per cell, quote currency
     short: np.ndarray
-    long_intensity: np.ndarray     # (cell / v_max)^boost, heatsvc.zones.intensity
+    long_intensity: np.ndarray     # (cell / v_max)^boost, heatsvc.model.zones.intensity
     short_intensity: np.ndarray
     price_edges: np.ndarray        # rows + 1, log-spaced
     column_times: np.ndarray       # ms, column start
@@ -91,7 +91,7 @@ class Scene:
 
 def scene_from_heatmap(hm, *, market: str, lookback: str, boost: float = 1.0, threshold: float = 0.2,
                        top: int = 3, price: float | None = None) -> Scene:
-    """A Scene of an engine Heatmap: intensity and zones from heatsvc.zones, nothing recomputed here."""
+    """A Scene of an engine Heatmap: intensity and zones from heatsvc.model.zones, nothing recomputed here."""
     long_i, short_i = zonelib.intensity(hm, boost)
     report = zonelib.zones(hm, price, threshold=threshold, top=top)
     tiers = (None, None) if hm.per_tier_long is None else (hm.per_tier_long[:, :, -1], hm.per_tier_short[:, :, -1])
@@ -536,8 +536,8 @@ def render(scene: Scene, path: str | os.PathLike, *, kind: str = "heatmap", widt
 # ---- sources -------------------------------------------------------------------------------------------
 
 def local_scene(args: argparse.Namespace) -> Scene:
-    """Compute the view with heatsvc.engine on local bars, cut at --end."""
-    from . import engine
+    """Compute the view with heatsvc.model.engine on local bars, cut at --end."""
+    from .model import engine
 
     end_ms = barlib.parse_time(args.end) if args.end else None
     market, by_market = datasets.load(args.data or "recorded", args.market, end_ms)
@@ -581,7 +581,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     source.add_argument("--data", metavar="SOURCE",
                         help="compute locally from 'recorded' (Binance HYPEUSDT, 2025-09-28..10-16, with the crash "
                              "of 2025-10-10), 'synthetic:SYMBOL' (BTCUSDT, ETHUSDT, SOLUSDT) or a bars file "
-                             "(.npz / .csv with heatsvc.bars field names); the default source")
+                             "(.npz / .csv with heatsvc.model.bars field names); the default source")
     parser.add_argument("--end", metavar="ISO", help="local data only: use the bars opening before this time, "
                                                      "e.g. 2025-10-11T00:00Z")
     parser.add_argument("--market", help="exchange:SYMBOL or all:SYMBOL (default: the data's own market; "

@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from . import datasets
-from .bars import STEP_MS, format_time, normalize, parse_time
+from .model.bars import STEP_MS, format_time, normalize, parse_time
 
 DAY_MS = 86_400_000
 DATA_END_MS = 1_760_572_800_000        # 2025-10-16T00:00Z, where the bundled data ends

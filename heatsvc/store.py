@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import platformdirs
 
-from .bars import FIELDS, STEP_MS, normalize
+from .model.bars import FIELDS, STEP_MS, normalize
 
 VALUES = FIELDS[1:]
 RECORD = np.dtype([("time_ms", "<i8")] + [(f, "<f8") for f in VALUES])

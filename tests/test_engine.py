@@ -8,8 +8,8 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from heatsvc import engine
-from heatsvc.engine import ModelParams, Tier, compute_aggregate, compute_heatmap
+from heatsvc.model import engine
+from heatsvc.model.engine import ModelParams, Tier, compute_aggregate, compute_heatmap
 from markets import STEP, T0, random_market
 
 BACKENDS = ("cython", "numpy", "python")

@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from heatsvc.bars import FIELDS, STEP_MS, format_time
+from heatsvc.model.bars import FIELDS, STEP_MS, format_time
 from heatsvc.datasets import synthetic_bars
 from heatsvc.exchanges import ExchangeError, ExchangeUnavailable, make_client
 from heatsvc.exchanges.binance import read_metrics_archive

@@ -28,9 +28,9 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from heatsvc.bars import FIELDS, check
+from heatsvc.model.bars import FIELDS, check
 from heatsvc.datasets import synthetic_bars
-from heatsvc.engine import MAX_COLUMNS, MAX_ROWS
+from heatsvc.model.engine import MAX_COLUMNS, MAX_ROWS
 from heatsvc.exchanges import ExchangeError, ExchangeUnavailable, make_client
 from heatsvc.exchanges.base import MAX_BODY_BYTES
 from heatsvc.exchanges.binance import ARCHIVE_MAX_BYTES, ARCHIVE_MAX_ROWS

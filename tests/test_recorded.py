@@ -9,8 +9,9 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from heatsvc import bars as barlib
-from heatsvc import datasets, engine
+from heatsvc.model import bars as barlib
+from heatsvc import datasets
+from heatsvc.model import engine
 
 
 def ms(*args) -> int:

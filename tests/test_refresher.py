@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from heatsvc.bars import STEP_MS
+from heatsvc.model.bars import STEP_MS
 from heatsvc.datasets import synthetic_bars
 from heatsvc.exchanges import make_client
 from heatsvc.exchanges.okx import LIMITS

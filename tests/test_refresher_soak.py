@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from heatsvc.bars import STEP_MS
+from heatsvc.model.bars import STEP_MS
 from heatsvc.datasets import synthetic_bars
 from heatsvc.exchanges import make_client
 from heatsvc.refresher import Refresher

@@ -14,7 +14,7 @@ from matplotlib import colormaps, colors
 from matplotlib.image import imread
 
 from heatsvc import cli, datasets, render
-from heatsvc.engine import compute_heatmap
+from heatsvc.model.engine import compute_heatmap
 
 CRASH_END = "2025-10-11T00:00Z"
 CRASH_END_MS = 1_760_140_800_000

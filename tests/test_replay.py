@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from heatsvc import datasets
-from heatsvc.bars import STEP_MS
+from heatsvc.model.bars import STEP_MS
 from heatsvc.replay import DEFAULT_START_MS, Faults, Limits, ReplayExchange
 
 DAY = 86_400_000

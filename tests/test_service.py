@@ -17,9 +17,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from heatsvc import datasets, zones
+from heatsvc import datasets
+from heatsvc.model import zones
 from heatsvc.config import parse, with_overrides
-from heatsvc.engine import ModelParams, compute_aggregate, compute_heatmap
+from heatsvc.model.engine import ModelParams, compute_aggregate, compute_heatmap
 from heatsvc.exchanges import make_client
 from heatsvc.refresher import Refresher
 from heatsvc.replay import ReplayExchange

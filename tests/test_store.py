@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heatsvc.bars import FIELDS, STEP_MS
+from heatsvc.model.bars import FIELDS, STEP_MS
 from heatsvc.datasets import synthetic_bars
 from heatsvc.store import Store
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from heatsvc.zones import column_zones, proximity_weight
+from heatsvc.model.zones import column_zones, proximity_weight
 
 # 20 rows, each 1 % wide around 100: centres are geometric means of the edges
 EDGES = 90.0 * 1.01 ** np.arange(21)

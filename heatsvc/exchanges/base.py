@@ -1,7 +1,7 @@
 """What every exchange client shares: one pooled HTTP client, retries with capped jittered
 backoff, rate-limit pacing and ban handling, and validation of bars at the door.
 
-A client answers in engine bars (heatsvc.bars field names). Rows that break MODEL.md section 1
+A client answers in engine bars (heatsvc.model.bars field names). Rows that break MODEL.md section 1
 are dropped, logged with exchange, symbol, time and field, and counted; the rest is kept.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 
 from .. import metrics
-from ..bars import FIELDS, STEP_MS, describe, format_time, invalid_rows, normalize
+from ..model.bars import FIELDS, STEP_MS, describe, format_time, invalid_rows, normalize
 
 log = logging.getLogger("heatsvc.exchanges")
 

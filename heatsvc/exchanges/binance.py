@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 
 from .. import metrics
-from ..bars import STEP_MS
+from ..model.bars import STEP_MS
 from ..datasets import metrics_time_ms
 from .base import (DAY_MS, MALFORMED, ExchangeClient, ExchangeError, RateWindow, Retry, align_down, bar_time,
                    join_by_time, listed, number, windows)

@@ -14,7 +14,7 @@ import time
 import httpx
 import numpy as np
 
-from ..bars import STEP_MS
+from ..model.bars import STEP_MS
 from .base import (MALFORMED, ExchangeClient, ExchangeError, RateWindow, Retry, align_down, bar_time, join_by_time,
                    listed, number, windows)
 

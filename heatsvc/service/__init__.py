@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..engine import BACKENDS
+from ..model.engine import BACKENDS
 
 DEMO_START = "2025-10-10T18:00:00Z"
 DEMO_SPEED = 100.0           # a 5-minute bar every 3 s
@@ -105,7 +105,7 @@ def start_metrics(config, *, demo: bool):
 async def serve(config, *, demo: argparse.Namespace | None = None, progress: bool = True) -> int:
     """Run until SIGTERM/SIGINT: store, exchange clients, refresher, gRPC server; then shut down
     gracefully (health NOT_SERVING, streams end with OK, refresher stopped, store closed)."""
-    from ..bars import parse_time
+    from ..model.bars import parse_time
     from ..config import with_overrides
     from ..exchanges import make_client
     from ..refresher import Refresher

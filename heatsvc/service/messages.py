@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from .. import zones as zonelib
-from ..engine import Heatmap, ModelParams
+from ..model import zones as zonelib
+from ..model.engine import Heatmap, ModelParams
 from ..v1 import heatmap_service_pb2 as pb
 from .views import GridOpts, ViewKey, ZoneOpts
 

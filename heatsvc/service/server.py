@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .. import metrics
-from ..engine import DAY_MS, LOOKBACKS, Heatmap, compute_aggregate, compute_heatmap
+from ..model.engine import DAY_MS, LOOKBACKS, Heatmap, compute_aggregate, compute_heatmap
 from ..v1 import heatmap_service_pb2 as pb
 from . import auth, messages
 from .errors import RequestError, exhausted, invalid, unavailable

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine import MAX_COLUMNS, MAX_ROWS
+from ..model.engine import MAX_COLUMNS, MAX_ROWS
 from .errors import RequestError, invalid, not_found
 
 DEFAULT_ROWS = 400

@@ -79,7 +79,7 @@ class ModelParams:
         if not 1 <= len(self.tiers) <= MAX_TIERS:
             raise ValueError(f"params.tiers: between 1 and {MAX_TIERS} tiers are required, got {len(self.tiers)}")
         if not all(isinstance(t, Tier) for t in self.tiers):
-            raise ValueError("params.tiers: every tier must be a heatsvc.engine.Tier")
+            raise ValueError("params.tiers: every tier must be a heatsvc.model.engine.Tier")
         total = sum(t.weight for t in self.tiers)
         if abs(total - 1) > 1e-9:
             raise ValueError(f"params.tiers: weights must sum to 1, got {total:.12g}")
@@ -272,7 +272,7 @@ def _run(view: View, backend: str) -> dict:
 def _setup(lookback, columns, rows, price_range, params, backend):
     params = ModelParams() if params is None else params
     if not isinstance(params, ModelParams):
-        raise ValueError(f"params must be a heatsvc.engine.ModelParams, got {type(params).__name__}")
+        raise ValueError(f"params must be a heatsvc.model.engine.ModelParams, got {type(params).__name__}")
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
     _check_shape(rows, columns)
@@ -311,7 +311,7 @@ def compute_heatmap(bars: Mapping[str, np.ndarray], *, lookback: str | timedelta
                     include_partial: bool = True, per_tier: bool = False, market: str = "bars") -> Heatmap:
     """The heatmap of one market (MODEL.md sections 2-7) over the lookback ending at its newest bar.
 
-    `bars` maps the field names of heatsvc.bars.FIELDS to equal-length arrays. With
+    `bars` maps the field names of heatsvc.model.bars.FIELDS to equal-length arrays. With
     include_partial=False the newest bar is taken as still forming and left out. Bad input raises
     ValueError naming the field (and for bars, the market and time); bar values are checked for
     every bar that reaches the model (the window), times for all bars.
