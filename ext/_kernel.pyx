@@ -165,7 +165,7 @@ cdef void run(const Bars* b, double oi_prev, const Grid* g, Side* L, Side* S, do
     # Hot state lives in locals: the extension is built without strict aliasing, so fields read
     # through pointers would be reloaded after every store into the book.
     cdef Py_ssize_t i, j, k0, r, col = 0, bar_col, J = g.J, K = g.K, offset = g.offset
-    cdef double e, lam, taker_share, ratio_share, d_oi, x, ue, phi, a, n, n_j, swl, sws, resid, B, f, v
+    cdef double e, lam, taker_share, ratio_share, d_oi, market, x, ue, phi, a, n, n_j, swl, sws, resid, B, f, v
     cdef double deposited = 0.0, decayed = 0.0, swept = 0.0, closed = 0.0
     cdef double log_rho = g.log_rho, p_lo = g.p_lo
     cdef double* lbook = L.book
@@ -189,6 +189,7 @@ cdef void run(const Bars* b, double oi_prev, const Grid* g, Side* L, Side* S, do
             col += 1
         # section 5: change of open interest (entry price and long share only matter on deposits)
         d_oi = 0.0
+        market = oi_prev * b.cl[i]  # the market's open interest before this bar, in quote currency
         if not isnan(b.oi[i]):
             if not isnan(oi_prev):
                 d_oi = b.oi[i] - oi_prev
@@ -223,18 +224,18 @@ cdef void run(const Bars* b, double oi_prev, const Grid* g, Side* L, Side* S, do
         swept += swl + sws
         out.swept_long[bar_col] += swl
         out.swept_short[bar_col] += sws
-        # 3. close the residual of a fall in open interest, pro rata over the whole book
+        # 3. close the residual of a fall in open interest: its share of the market closes that share of every cell
         if d_oi < 0:
             resid = -d_oi * b.cl[i] - swl - sws
             B = side_total(L, scale, J) + side_total(S, scale, J)
-            if resid > 0 and B > 0:
-                if resid >= B:
+            if resid > 0 and B > 0 and market > 0:
+                if resid >= market:
                     closed += side_clear(L, scale, J, K) + side_clear(S, scale, J, K)
                     for j in range(J):
                         scale[j] = 1.0
                         inv_scale[j] = 1.0
                 else:
-                    f = 1 - resid / B
+                    f = 1 - resid / market
                     closed += B - B * f
                     v = 1 / f
                     for j in range(J):

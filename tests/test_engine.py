@@ -192,29 +192,65 @@ def test_a_wick_through_the_level_sweeps_exactly_it(backend):
     assert h.short[:, 2].sum() == pytest.approx(long_deposit), "shorts above are untouched"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_fall_in_open_interest_closes_only_the_residual(backend):
-    p_lo, p_hi, rows = 80.0, 120.0, 40
-    liq = 100 * 0.9 / 0.996
-    k0, _, _ = expected_rows(liq, p_lo, p_hi, rows)
-    edge_k0 = p_lo * (p_hi / p_lo) ** (k0 / rows)
+def fall_in_open_interest(backend, last_bar):
+    """Two deposits (500 + 1000 per side at 10x), then `last_bar`; the view's three columns."""
     rows_in = [(100, 101, 99, 100, 10, 5, 1000, 1000),
                (100, 101, 99, 100, 10, 5, 1000, 1010),            # +10 OI: 500 long, 500 short
                (100, 101, 99, 100, 10, 5, 1000, 1030),            # +20 OI: 1000 long, 1000 short
-               (100, 101, edge_k0 * 0.999, 100, 10, 5, 1000, 1018)]  # sweeps 1500 long; OI -12 => Q 1200
-    h = compute_heatmap(bars_from(rows_in), lookback=timedelta(minutes=15), columns=3, rows=rows,
-                        price_range=(p_lo, p_hi), params=ONE_TIER, backend=backend)
+               last_bar]
+    return compute_heatmap(bars_from(rows_in), lookback=timedelta(minutes=15), columns=3, rows=40,
+                           price_range=(80.0, 120.0), params=ONE_TIER, backend=backend)
+
+
+def long_level_edge():
+    """The lower edge of the row holding the 10x longs opened at 100 (their deposit's lower row)."""
+    k0, _, _ = expected_rows(100 * 0.9 / 0.996, 80.0, 120.0, 40)
+    return 80.0 * (120.0 / 80.0) ** (k0 / 40)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_fall_in_open_interest_closes_only_the_residual(backend):
+    low = long_level_edge() * 0.999
+    # sweeps the 1500 of longs; OI -12 at close 100 => Q 1200 < 1500 swept: no residual to close
+    h = fall_in_open_interest(backend, (100, 101, low, 100, 10, 5, 1000, 1018))
     assert h.swept_long[2] == pytest.approx(1500)
-    assert h.short[:, 2].sum() == pytest.approx(1500), "Q 1200 < swept 1500: no residual to close"
-    rows_in[-1] = (100, 101, edge_k0 * 0.999, 100, 10, 5, 1000, 1000)  # OI -30 => Q 3000, X 1500
-    h = compute_heatmap(bars_from(rows_in), lookback=timedelta(minutes=15), columns=3, rows=rows,
-                        price_range=(p_lo, p_hi), params=ONE_TIER, backend=backend)
-    assert h.balance.closed == pytest.approx(1500) and h.short[:, 2].sum() == pytest.approx(0, abs=1e-9)
-    rows_in[-1] = (100, 101, edge_k0 * 0.999, 100, 10, 5, 1000, 1010)  # OI -20 => Q 2000, X 500 of 1500
-    h = compute_heatmap(bars_from(rows_in), lookback=timedelta(minutes=15), columns=3, rows=rows,
-                        price_range=(p_lo, p_hi), params=ONE_TIER, backend=backend)
-    assert h.short[:, 2].sum() == pytest.approx(1000)
-    np.testing.assert_allclose(h.short[:, 2], h.short[:, 1] * (1000 / 1500), rtol=1e-12)
+    assert h.short[:, 2].sum() == pytest.approx(1500) and h.balance.closed == 0
+    # OI -30 => Q 3000, X = 3000 - 1500 = 1500 of the market's OI_prev * close = 1030 * 100
+    h = fall_in_open_interest(backend, (100, 101, low, 100, 10, 5, 1000, 1000))
+    f = 1 - 1500 / (1030 * 100)
+    np.testing.assert_allclose(h.short[:, 2], h.short[:, 1] * f, rtol=1e-12)
+    assert h.balance.closed == pytest.approx(1500 * (1 - f), rel=1e-12)
+    assert_balanced(h)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_fall_in_open_interest_closes_its_share_of_the_market_from_every_cell(backend):
+    # nothing swept; OI 1030 -> 927 at close 104: X = 103 * 104 closes 103 * 104 / (1030 * 104) = 10 %
+    h = fall_in_open_interest(backend, (100, 104, 99.5, 104, 10, 5, 1000, 927))
+    assert h.swept_long[2] == 0 and h.swept_short[2] == 0
+    np.testing.assert_allclose(h.long[:, 2], h.long[:, 1] * 0.9, rtol=1e-12)
+    np.testing.assert_allclose(h.short[:, 2], h.short[:, 1] * 0.9, rtol=1e-12)
+    assert h.balance.closed == pytest.approx(0.1 * 3000, rel=1e-12)
+    assert_balanced(h)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_fall_of_the_whole_open_interest_closes_everything(backend):
+    # OI 1030 -> 0 with nothing swept: X = 1030 * 100 is the whole market, so every cell closes
+    h = fall_in_open_interest(backend, (100, 101, 99.5, 100, 10, 5, 1000, 0))
+    assert h.long[:, 2].sum() == 0 and h.short[:, 2].sum() == 0
+    assert h.balance.closed == pytest.approx(3000, rel=1e-12) and h.balance.book == 0
+    assert_balanced(h)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_fall_after_unknown_open_interest_closes_nothing(backend):
+    # the first known OI has no OI_prev: no change of open interest, so nothing opens or closes
+    bars = bars_from([(100, 101, 99, 100, 10, 5, 1000, math.nan), (100, 101, 99, 100, 10, 5, 1000, 1000),
+                      (100, 101, 99, 100, 10, 5, 1000, 900)])
+    h = compute_heatmap(bars, lookback=timedelta(minutes=15), columns=3, rows=40, price_range=(80.0, 120.0),
+                        params=ONE_TIER, backend=backend)
+    assert h.balance.deposited == 0 and h.balance.closed == 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

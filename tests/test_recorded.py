@@ -40,9 +40,9 @@ def test_recorded_data_loads_and_validates(recorded):
 
 
 def test_crash_sweeps_the_long_book(recorded):
-    """7d view ending 2025-10-11: the crash columns sweep at least the whole long book that stood
-    below the pre-crash price, and leave no long heat above the crash low. (They also sweep shorts:
-    positions opened during the fall are squeezed by the rebound inside the same columns.)"""
+    """7d view ending 2025-10-11: the crash columns hold the week's largest long sweep, at least the whole
+    long book that stood below the pre-crash price. (They also sweep shorts: positions opened during the
+    fall are squeezed by the rebound inside the same columns.)"""
     keep = recorded["time_ms"] < ms(2025, 10, 11)
     h = engine.compute_heatmap({k: v[keep] for k, v in recorded.items()}, lookback="7d", market="binance:HYPEUSDT")
     crash = np.flatnonzero((h.column_times >= ms(2025, 10, 10, 20)) & (h.column_times < ms(2025, 10, 10, 22)))
@@ -53,9 +53,22 @@ def test_crash_sweeps_the_long_book(recorded):
     assert long_below > 0
     assert h.swept_long[crash].sum() >= 0.9 * long_below
     assert int(np.argmax(h.swept_long)) in crash, "the week's largest long sweep is the crash"
-    low = h.candles[crash, 2].min()
-    assert low == 21.029
-    assert h.long[centres > low, crash[-1]].sum() == 0
+    assert h.candles[crash, 2].min() == 21.029
+
+
+def test_by_the_crash_low_the_week_of_longs_is_swept(recorded):
+    """One column per bar, ending at the bar of the low (21:20): the long book of the week, tens of
+    millions of USDT an hour earlier, has been swept whole; with that bar's own opening removed,
+    no long is left anywhere, shown rows or off-range."""
+    end = recorded["time_ms"] <= ms(2025, 10, 10, 21, 20)
+    b = {k: v[end].copy() for k, v in recorded.items()}
+    assert b["low"][-1] == 21.029
+    b["open_interest"][-1] = b["open_interest"][-2]  # the crash bar opens nothing
+    h = engine.compute_heatmap(b, lookback="7d", columns=2016, market="binance:HYPEUSDT")
+    hour_before = h.long[:, -13].sum() + h.off_range_long[-13]
+    assert hour_before > 1e7
+    assert h.swept_long[-12:].sum() >= hour_before * 0.99  # what decays in that hour is not swept
+    assert h.long[:, -1].sum() == 0 and h.off_range_long[-1] == 0
 
 
 def test_heatmap_command_prints_zones_and_writes_json(tmp_path):

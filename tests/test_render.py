@@ -135,10 +135,11 @@ def test_map_bars_per_row_and_stacked_tiers(tmp_path, crash):
         for side, heat in (("long", hm.long[:, -1]), ("short", hm.short[:, -1])):
             row = int(np.argmax(heat))
             assert (hm.row_centres[row] < scene.price) == (side == "long")
-            y = int(panel.pixel(0, row + 0.5)[1])
-            x0, x1 = (int(panel.pixel(f * heat[row], 0)[0]) for f in (0.05, 0.95))
-            bar = img[y, x0:x1]
             colour = colors.to_rgb(render.LONG_COLOUR if side == "long" else render.SHORT_COLOUR)
+            x0, x1 = (int(panel.pixel(f * heat[row], 0)[0]) for f in (0.05, 0.95))
+            y = int(panel.pixel(0, row + 0.5)[1])  # a lone row is ~2.5 px tall: take its least blended pixel row
+            y = max((y - 1, y, y + 1), key=lambda yy: near(img[yy, x0:x1], colour, 0.02).mean())
+            bar = img[y, x0:x1]
             if stack:  # the tiers' colours, in the order of their leverage along the bar
                 tiers = [j for j in range(len(scene.leverages)) if scene.tier_long[j][row] + scene.tier_short[j][row]]
                 assert len(tiers) >= 1 and not near(bar, colors.to_rgb(render.THEMES["dark"]["bg"])).any()

@@ -11,7 +11,8 @@ import numpy as np
 
 
 def bar_quantities(b: dict[str, np.ndarray], oi_prev: float):
-    """MODEL.md section 5 for every bar at once: entry price, long share and change of open interest."""
+    """MODEL.md section 5 for every bar at once: entry price, long share, change of open interest and
+    OI_prev (the last known open interest before each bar, NaN where none is known)."""
     h, lo, c, vol = b["high"], b["low"], b["close"], b["volume"]
     with np.errstate(invalid="ignore", divide="ignore"):
         vwap_ok = (b["quote_volume"] > 0) & (vol > 0)
@@ -30,7 +31,7 @@ def bar_quantities(b: dict[str, np.ndarray], oi_prev: float):
     prev_idx = np.concatenate(([-1], last[:-1]))
     prev = np.where(prev_idx >= 0, oi[np.maximum(prev_idx, 0)], oi_prev)
     d_oi = np.where(known & np.isfinite(prev), oi - prev, 0.0)
-    return e, lam, d_oi
+    return e, lam, d_oi, prev
 
 
 def evolve(view) -> dict:
@@ -42,7 +43,7 @@ def evolve(view) -> dict:
     short_factor = np.array([(1 + 1 / t.leverage) / (1 + t.maintenance_margin) for t in p.tiers])
     tier_idx = np.arange(J)
     b = view.bars
-    e_all, lam_all, doi_all = bar_quantities(b, view.oi_prev)
+    e_all, lam_all, doi_all, prev_all = bar_quantities(b, view.oi_prev)
 
     book = np.zeros((2, J, K))  # side (0 long, 1 short), tier, internal row
     shown = slice(view.offset, view.offset + R)
@@ -79,11 +80,12 @@ def evolve(view) -> dict:
         book[1, :, :r_high + 1] = 0.0
         acc["swept"] += swept_long + swept_short
         d_oi = doi_all[i]
-        if d_oi < 0:
+        market = prev_all[i] * closes[i]
+        if d_oi < 0 and market > 0:
             residual = max(0.0, -d_oi * closes[i] - swept_long - swept_short)
             total = book.sum()
             if total > 0:
-                f = 1 - min(1.0, residual / total)
+                f = 1 - min(1.0, residual / market)
                 book *= f
                 acc["closed"] += total * (1 - f)
         elif d_oi > 0:

@@ -74,6 +74,7 @@ def evolve(view) -> dict:
         # section 5
         e = entry_price(o, h, lo, c, vol, float(b["quote_volume"][i]))
         lam = long_share(vol, float(b["taker_buy_volume"][i]), float(b["long_short_ratio"][i]))
+        market_oi = oi_prev  # OI_prev: the last known open interest before this bar
         if math.isnan(oi):
             d_oi = 0.0
         else:
@@ -94,12 +95,12 @@ def evolve(view) -> dict:
                     swept[side] += book[side][j][k]
                     book[side][j][k] = 0.0
         acc["swept"] += swept["long"] + swept["short"]
-        # 3. close
-        if d_oi < 0:
+        # 3. close: the residual's share of the market's open interest closes that share of every cell
+        if d_oi < 0 and market_oi * c > 0:
             residual = max(0.0, -d_oi * c - swept["long"] - swept["short"])
             total = sum(sum(sum(tier) for tier in book[side]) for side in ("long", "short"))
             if total > 0:
-                f = 1 - min(1.0, residual / total)
+                f = 1 - min(1.0, residual / (market_oi * c))
                 for side in ("long", "short"):
                     for j in range(J):
                         for k in range(K):
