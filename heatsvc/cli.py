@@ -17,6 +17,7 @@ COMMANDS = {
     "zones": ("heatsvc.client", "ask a server for a view's ranked zones"),
     "watch": ("heatsvc.client", "subscribe to a view and redraw its zones on every update"),
     "render": ("heatsvc.render", "draw a heatmap or liquidation map as PNG"),
+    "backtest": ("heatsvc.backtest.cli", "judge the heatmap against what happened (MODEL.md section 15) and write a report"),
 }
 DISCLAIMER = "Liquidation heatmaps are estimates: market-risk context, never a price forecast."
 
