@@ -137,3 +137,34 @@ def test_an_unknown_store_market_names_those_it_holds(tmp_path, capsys):
 def test_no_number_is_nan_in_the_json(outputs):
     _, doc, _ = outputs
     assert all(math.isfinite(x) for x in numbers_in(doc))
+
+
+def test_realised_liquidations_slot_in_beside_the_proxy():
+    """With recorded events covering part of the data, those horizons are scored against both truths."""
+    from heatsvc.backtest import report
+    bars = datasets.recorded_bars()
+    start, day = 1_759_968_000_000, 86_400_000     # 2025-10-09T00:00Z, three days
+    keep = (bars["time_ms"] >= start) & (bars["time_ms"] < start + 3 * day)
+    b = {f: v[keep] for f, v in bars.items()}
+    doi = run.open_interest_change(b["open_interest"])
+    falls = np.flatnonzero(doi < 0)
+    # made-up events: where open interest fell, longs at the bar's low and shorts at its high
+    events = truth.Realised(
+        time_ms=np.repeat(b["time_ms"][falls] + 1000, 2), side=np.tile([1, -1], len(falls)),
+        price=np.column_stack([b["low"][falls], b["high"][falls]]).ravel(),
+        notional=np.repeat(-doi[falls] * b["close"][falls] / 2, 2),
+        spans=np.array([[start, start + 5 * day // 2]]))   # the recorder ran for the first 2.5 days only
+    s = run.Settings(resamples=100, sensitivity=False)
+    _, series, summary, seconds = run.run(b, "binance:HYPEUSDT", ["1d"], s, events)
+    scored = ~np.isnan(series["1d"].scores[("realised", "model", "spearman")])
+    # t_k hourly from day 1; a horizon is covered only if it ends by 2.5 days: t_k in [24 h, 36 h], 13 of them
+    covered = series["1d"].time_ms[scored]
+    assert 10 <= len(covered) <= 13
+    assert covered.min() >= start + day and covered.max() <= start + 3 * day // 2
+    assert summary["1d"]["truths"]["realised"]["scored"] == len(covered)
+    assert summary["1d"]["truths"]["proxy"]["scored"] > 1
+    doc = report.document(market="binance:HYPEUSDT", source="test", command="test", bars=b, lookbacks=["1d"],
+                          settings=s, series=series, summary=summary, seconds=seconds, realised_note="test events")
+    text = report.markdown(doc)
+    assert "### Scores against the proxy" in text and "### Scores against realised liquidations" in text
+    assert doc["truth"]["used"] == ["proxy", "realised"]

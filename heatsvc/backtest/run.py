@@ -78,6 +78,7 @@ class Series:
     scores: dict[tuple[str, str, str], np.ndarray]   # (truth, predictor, metric) -> per t_k
     magnet: np.ndarray                                  # 1, 0, 0.5 or NaN per t_k
     magnet_distance_pct: np.ndarray
+    model_cold: np.ndarray                              # share of the scored rows where the model has no heat
     truth_share: dict[tuple[str, str], np.ndarray]      # (truth, predictor) -> per-decile sums of shares
     row_share: dict[tuple[str, str], np.ndarray]
     off_grid: dict[str, float] = field(default_factory=dict)   # truth -> share of its total off the grid
@@ -165,7 +166,7 @@ class Backtest:
         scores = {(tr, p, m): np.full(n, np.nan) for tr in truths for p in predictors for m in METRICS}
         share = {(tr, p): np.zeros(10) for tr in truths for p in PREDICTORS}
         rows_share = {(tr, p): np.zeros(10) for tr in truths for p in PREDICTORS}
-        magnet, distance = np.full(n, np.nan), np.full(n, np.nan)
+        magnet, distance, cold = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
         totals = {tr: [0.0, 0.0] for tr in truths}
         clock = {"views": 0.0, "scoring": 0.0}
         for k, (t_k, i) in enumerate(zip(times.tolist(), index.tolist())):
@@ -196,6 +197,8 @@ class Backtest:
                 happened = out.values[out.traded]
                 if not scoring.scorable(happened):
                     continue
+                if tr == "proxy":
+                    cold[k] = float(np.mean(heat["model"][out.traded] == 0))
                 for p in predictors:
                     predicted = heat[p][out.traded]
                     scores[(tr, p, "spearman")][k], scores[(tr, p, "cosine")][k] = scoring.score(predicted, happened)
@@ -209,7 +212,7 @@ class Backtest:
                 distance[k] = report.magnet.distance_pct
             clock["scoring"] += time.perf_counter() - tock
         off = {tr: (v[1] / v[0] if v[0] > 0 else 0.0) for tr, v in totals.items()}
-        return Series(lookback, times, b["close"][index], scores, magnet, distance, share, rows_share,
+        return Series(lookback, times, b["close"][index], scores, magnet, distance, cold, share, rows_share,
                       off, skipped, clock)
 
 
@@ -218,7 +221,9 @@ def summarise(series: Series, s: Settings) -> dict:
     deciles, and the out-of-sample sensitivity of the tier mixes. Plain numbers, ready for JSON."""
     boot = scoring.BlockBootstrap(len(series.time_ms), s.block, s.resamples, s.seed)
     truths = sorted({tr for tr, _, _ in series.scores}, key=("proxy", "realised").index)
-    out: dict = {"evaluations": int(len(series.time_ms)), "skipped": series.skipped, "truths": {}}
+    cold = series.model_cold[~np.isnan(series.model_cold)]
+    out: dict = {"evaluations": int(len(series.time_ms)), "skipped": series.skipped, "truths": {},
+                 "scored_rows_without_model_heat_percent": 100 * float(cold.mean()) if len(cold) else None}
     for tr in truths:
         scored = ~np.isnan(series.scores[(tr, "model", "spearman")])
         entry = {"scored": int(scored.sum()), "off_grid_percent": 100 * series.off_grid[tr], "scores": {}, "differences": {}}
