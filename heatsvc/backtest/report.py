@@ -177,8 +177,8 @@ def verdict(doc: dict) -> dict:
     magnet = {lb: e["magnet"] for lb, e in doc["lookbacks"].items()}
     chance = [lb for lb, m in magnet.items() if m["verdict"] == "not distinguishable from 0.5"]
     if len(chance) == len(magnet):
-        details.append("The dominant magnet was touched before its mirror price no more often than a coin flip "
-                       f"at any lookback ({lbs}).")
+        details.append("The dominant magnet was touched before its mirror price about as often as a coin flip "
+                       f"would be: at every lookback ({lbs}) the interval of the fraction includes 0.5.")
     for lb, m in magnet.items():
         if lb not in chance and m["mean"] is not None:
             details.append(f"At {lb} the magnet was touched first in a fraction {_n(m['mean'])} of the tested "
@@ -313,7 +313,7 @@ def markdown(doc: dict) -> str:
     out += ["## Limits", "",
             f"- One market ({data['market']}) and {data['days']:g} days. The {s['block_hours']:g} h blocks leave few "
             f"independent blocks (for {lbs[0]}: {first['evaluations']} t_k in blocks of {s['block_evaluations']}), "
-            "so the intervals are themselves rough, and with few blocks the bootstrap tends to make them too narrow "
+            "so the intervals are themselves rough, and bootstrap intervals from few blocks tend to be too narrow "
             "rather than too wide. Horizons of consecutive t_k overlap, which is why blocks are used at all.",
             "- The proxy is noisy: open interest falls for reasons other than liquidations (voluntary closes), and "
             "liquidations in a bar that also opened interest are invisible to it. It is spread evenly over the rows "
