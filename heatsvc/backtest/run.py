@@ -155,6 +155,24 @@ class Backtest:
                              f"{barlib.format_time(t[-1])}) with no gap-free stretch long enough")
         return span, times, index, skipped
 
+    def outcomes(self, grid: truth.Grid, price: float, t_k: int, h: slice) -> dict[str, truth.Outcome]:
+        """What happened over the horizon (bars h): the proxy, and realised liquidations where covered."""
+        b, end = self.b, t_k + self.s.horizon_ms
+        out = {"proxy": truth.proxy(grid, price, b["high"][h], b["low"][h], b["close"][h], self.doi[h])}
+        if self.realised is not None and self.realised.covers(t_k, end):
+            out["realised"] = truth.realised(grid, price, b["high"][h], b["low"][h], self.realised,
+                                             self.realised.between(t_k, end))
+        return out
+
+    def predictions(self, views: dict, grid: truth.Grid, price: float, window: slice) -> dict[str, np.ndarray]:
+        """Per row: each view's heat (shorts above the price, longs below) and the two baselines."""
+        centres = grid.centres()
+        heat = {name: np.where(centres > price, v.short[:, -1], v.long[:, -1]) for name, v in views.items()}
+        b = self.b
+        heat["volume_profile"] = volume_profile(grid, b["high"][window], b["low"][window], self.quote[window])
+        heat["distance_prior"] = proximity_weight(100 * (centres - price) / price, self.s.d0)
+        return heat
+
     def evaluate(self, lookback: str) -> Series:
         """Every evaluation time of one lookback."""
         span, times, index, skipped = self.times(lookback)
@@ -181,16 +199,10 @@ class Backtest:
             clock["views"] += tock - tick
             hm = views["model"]
             grid, price = truth.Grid.from_edges(hm.price_edges), hm.price
-            centres = grid.centres()
             h = slice(i + 1, i + 1 + ahead)
             high, low = b["high"][h], b["low"][h]
-            outcomes = {"proxy": truth.proxy(grid, price, high, low, b["close"][h], self.doi[h])}
-            if self.realised is not None and self.realised.covers(t_k, t_k + s.horizon_ms):
-                outcomes["realised"] = truth.realised(grid, price, high, low, self.realised,
-                                                      self.realised.between(t_k, t_k + s.horizon_ms))
-            heat = {name: np.where(centres > price, v.short[:, -1], v.long[:, -1]) for name, v in views.items()}
-            heat["volume_profile"] = volume_profile(grid, b["high"][i0:i + 1], b["low"][i0:i + 1], self.quote[i0:i + 1])
-            heat["distance_prior"] = proximity_weight(100 * (centres - price) / price, s.d0)
+            outcomes = self.outcomes(grid, price, t_k, h)
+            heat = self.predictions(views, grid, price, slice(i0, i + 1))
             for tr, out in outcomes.items():
                 totals[tr][0] += out.total
                 totals[tr][1] += out.off_grid
