@@ -238,7 +238,8 @@ def summarise(series: Series, s: Settings) -> dict:
                  "scored_rows_without_model_heat_percent": 100 * float(cold.mean()) if len(cold) else None}
     for tr in truths:
         scored = ~np.isnan(series.scores[(tr, "model", "spearman")])
-        entry = {"scored": int(scored.sum()), "off_grid_percent": 100 * series.off_grid[tr], "scores": {}, "differences": {}}
+        entry = {"scored": int(scored.sum()), "off_grid_percent": 100 * series.off_grid[tr],
+                 "scores": {}, "differences": {}}
         for m in METRICS:
             entry["scores"][m] = {p: boot.interval(series.scores[(tr, p, m)]) for p in PREDICTORS}
             entry["differences"][m] = {}
