@@ -25,6 +25,11 @@ REFRESHES = Counter("heatsvc_refreshes_total", "Market loads and refreshes, by r
                     ["market", "result"])
 FETCH_ERRORS = Counter("heatsvc_fetch_errors_total",
                        "Failed exchange HTTP attempts (retried ones included), by kind", ["exchange", "kind"])
+HELD_UNTIL = Gauge("heatsvc_exchange_held_until_seconds",
+                   "Unix time until which heatsvc sends nothing to the exchange (a ban or a demanded pause)",
+                   ["exchange"])
+HOLDS = Counter("heatsvc_exchange_holds_total", "Bans and demanded pauses the exchange imposed, by kind",
+                ["exchange", "kind"])
 REJECTED_ROWS = Counter("heatsvc_rejected_rows_total", "Exchange rows dropped as invalid", ["market"])
 ACTIVE_STREAMS = Gauge("heatsvc_active_streams", "Open update streams, by RPC method", ["method"])
 COALESCED_UPDATES = Counter("heatsvc_coalesced_updates_total",

@@ -26,6 +26,7 @@ from .store import Store
 log = logging.getLogger("heatsvc.refresher")
 
 DAY_MS = 86_400_000
+OI_CONVENTION = "oi_convention"     # store mark: version of the client's open-interest convention stored
 NO_DATA_BEFORE = "no_data_before"   # store mark: the exchange has no bars of this market before this time
 RECHECK_MS = 3_600_000              # each new bar, the last hour's closed bars are fetched again: rows an
                                     # answer lacked and statistics the exchange published late fill in
@@ -191,17 +192,32 @@ class Refresher:
                 status = "degraded"
             skipped = tuple(f"{format_time(a)}..{format_time(b)} ({(b - a) // STEP_MS} bars, "
                             f"{tries} attempt{'s' if tries != 1 else ''})" for (a, b), tries in sorted(m.gaps.items()))
+            held = m.client.hold_state()     # a ban or a demanded pause: said first, it explains the rest
             out[m.name] = MarketHealth(
                 market=m.name, status=status, last_bar_ms=last,
                 lag_s=lag_s,
-                consecutive_failures=m.failures, last_error=m.last_error, ready=m.ready.is_set(),
+                consecutive_failures=m.failures, ready=m.ready.is_set(),
+                last_error=held if held else m.last_error,
                 rejected_rows=m.client.rejected[m.symbol],
                 missing_bars=sum((b - a) // STEP_MS for a, b in m.gaps), skipped=skipped)
             metrics.market_health(out[m.name])
         return out
 
     # ----- the work ------------------------------------------------------------------------
+    def _migrate(self, m: _Market) -> None:
+        """Bring open interest stored under an older convention of this exchange's client to its
+        current one (Bybit's was two-sided before heatsvc read singleOpenInterest): once per market."""
+        version = self.store.mark(m.name, OI_CONVENTION) or 1
+        if version >= m.client.OI_CONVENTION:
+            return
+        scaled = self.store.scale(m.name, "open_interest", m.client.LEGACY_OI_FACTOR)
+        self.store.set_mark(m.name, OI_CONVENTION, m.client.OI_CONVENTION)
+        if scaled:
+            log.warning("%s: %d stored open-interest values converted to one side (x%g)", m.name, scaled,
+                        m.client.LEGACY_OI_FACTOR)
+
     async def _run(self, m: _Market) -> None:
+        await asyncio.to_thread(self._migrate, m)
         while True:
             try:
                 async with m.lock:
@@ -277,8 +293,10 @@ class Refresher:
                 m.status = "degraded"
                 await asyncio.sleep(max(0.05, m.client.banned_until - time.monotonic()))
             try:
-                changed |= (await self._fetch(m, a, b))[0]
-                for gap in self.store.gaps(m.name, a, b):
+                stored, lacked = await self._fetch(m, a, b)
+                changed |= stored
+                for gap in self.store.gaps(m.name, a, b) + bar_ranges(t for t in lacked if self.store.times(
+                        m.name, t, t + STEP_MS).size):       # stored bars whose statistics are still owed
                     m.gaps.setdefault(gap, 0)
             except ExchangeUnavailable as exc:
                 self._note_skip(m, a, b, exc)
@@ -301,7 +319,10 @@ class Refresher:
         if len(bars["time_ms"]):
             await asyncio.to_thread(self.store.upsert, m.name, bars)
             stored = True
-        return stored, set(range(-(-a // STEP_MS) * STEP_MS, b, STEP_MS)) - set(bars["time_ms"].tolist())
+        lacked = set(range(-(-a // STEP_MS) * STEP_MS, b, STEP_MS)) - set(bars["time_ms"].tolist())
+        for lo, hi in m.client.take_incomplete(m.symbol):   # e.g. a statistics file not published yet
+            lacked.update(range(lo, hi, STEP_MS))
+        return stored, lacked
 
     async def _fetch_new(self, m: _Market, last: int, cur: int) -> bool:
         """Fetch the bars closed since `last` (the forming bar when it was stored) and the last hour's

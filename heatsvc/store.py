@@ -190,6 +190,27 @@ class Store:
             return 0
         return self._db().execute("SELECT COUNT(*) FROM bars WHERE market = ?", (mid,)).fetchone()[0]
 
+    def scale(self, market: str, field: str, factor: float) -> int:
+        """Multiply one value field of every stored bar of a market by `factor`, in one transaction
+        (a unit correction; missing values stay missing); returns the number of bars."""
+        if field not in VALUES:
+            raise ValueError(f"scale: {field!r} is not a bar value field ({', '.join(VALUES)})")
+        mid = self._market_id(market, create=False)
+        if mid is None:
+            return 0
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rec = self._records(mid, -(2 ** 63), 2 ** 63 - 1).copy()
+            rec[field] *= factor
+            db.executemany("UPDATE bars SET record = ? WHERE market = ? AND time_ms = ?",
+                           zip([r.tobytes() for r in rec], [mid] * len(rec), rec["time_ms"].tolist()))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return len(rec)
+
     def mark(self, market: str, key: str) -> int | None:
         """A remembered integer about a market (e.g. where the exchange's history begins), or None."""
         mid = self._market_id(market, create=False)

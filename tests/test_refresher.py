@@ -227,3 +227,30 @@ def test_bad_configuration_is_refused(tmp_path):
     with pytest.raises(ValueError, match="interval_s"):
         Refresher(store, {}, [], interval_s=0)
     store.close()
+
+
+def test_a_missing_archive_day_is_a_gap_refetched_not_zeros(tmp_path):
+    # Binance HYPE-like market with 34 days: the oldest days' open interest comes from the daily archive.
+    # One archived day has no snapshots at all (the archive answers 404 for it), like a file not published yet.
+    bars = synthetic_bars("BTCUSDT", "binance", days=34, end_ms=END)
+    hole = (bars["time_ms"] >= END - 33 * DAY) & (bars["time_ms"] < END - 32 * DAY)
+    bars["open_interest"][hole] = np.nan
+    with ReplayExchange(datasets={"binance:BTCUSDT": bars}, start_ms=NOW) as rp:
+        async def main():
+            cs = clients(rp)
+            store = Store(tmp_path / "s.sqlite3")
+            r = Refresher(store, cs, ["binance:BTCUSDT"], interval_s=3600, history_days=33.5, now_ms=rp.now_ms,
+                          chunk_days=5)
+            await r.start()
+            await r.wait_ready("binance:BTCUSDT", timeout=60)
+            health = r.health()["binance:BTCUSDT"]
+            day = store.load("binance:BTCUSDT", END - 33 * DAY, END - 32 * DAY)
+            await r.stop()
+            store.close()
+            await close(cs)
+            return health, day
+
+        health, day = asyncio.run(main())
+    assert len(day["time_ms"]) == 288 and np.isnan(day["open_interest"]).all()   # stored bars, no zeros
+    assert health.status == "degraded" and health.missing_bars == 288, health   # owed: retried later
+    assert any(s.startswith("2025-09-13T00:00:00Z") for s in health.skipped), health.skipped

@@ -164,7 +164,9 @@ def test_binance_ratio_current_and_reference_endpoints(rx, http):
     assert float(mark["markPrice"]) > 0 and isinstance(mark["nextFundingTime"], int)
     assert len(get(http, base + "/fapi/v1/premiumIndex").json()) == 3
     info = get(http, base + "/fapi/v1/exchangeInfo").json()
-    assert {s["symbol"] for s in info["symbols"]} == {"BTCUSDT", "ETHUSDT", "HYPEUSDT"}
+    kinds = {s["symbol"]: s["contractType"] for s in info["symbols"]}
+    assert kinds == {"BTCUSDT": "PERPETUAL", "ETHUSDT": "PERPETUAL", "HYPEUSDT": "PERPETUAL",
+                     "XAUUSDT": "TRADIFI_PERPETUAL", "BTCUSDT_261225": "CURRENT_QUARTER"}
     assert info["rateLimits"][0]["limit"] == 2400
 
 
@@ -206,7 +208,8 @@ def test_archive_metrics_zip(rx, http):
                         "count_toptrader_long_short_ratio", "sum_toptrader_long_short_ratio",
                         "count_long_short_ratio", "sum_taker_long_short_vol_ratio"]
     rows = lines[1:]
-    assert len(rows) == 288 and rows[0][0] == "2025-10-05 00:00:00" and rows[-1][0] == "2025-10-05 23:55:00"
+    # Before 2026-06-25 a file runs 00:05 .. 00:00 of the next day (binance/binance-public-data#491).
+    assert len(rows) == 288 and rows[0][0] == "2025-10-05 00:05:00" and rows[-1][0] == "2025-10-06 00:00:00"
     # Read back exactly as the bundled recorded data was read: snapshot X = OI at the end of bar X - 5 min.
     recorded = datasets.recorded_bars()
     for row in rows[:3]:
@@ -298,7 +301,8 @@ def test_bybit_open_interest_cursor_paging(rx, http):
     assert times == [end - k * STEP_MS for k in range(450)]
     full = rx.bars("bybit:BTCUSDT")
     i = index_of(rx, "bybit:BTCUSDT", times[7] - STEP_MS)
-    assert float(got[7]["openInterest"]) == pytest.approx(full["open_interest"][i], rel=1e-9)
+    assert float(got[7]["singleOpenInterest"]) == pytest.approx(full["open_interest"][i], rel=1e-9)
+    assert float(got[7]["openInterest"]) == pytest.approx(2 * full["open_interest"][i], rel=1e-9)  # both sides
     # A lone startTime is ignored: the answer still walks back from now.
     lone = http.get(url, params=dict(category="linear", symbol="BTCUSDT", intervalTime="5min",
                                      startTime=start)).json()["result"]["list"]
@@ -323,14 +327,30 @@ def test_bybit_account_ratio_and_tickers(rx, http):
     assert float(ticker["openInterest"]) > 0
 
 
-def test_bybit_rate_limit_10006(http):
-    with small_replay(limits=Limits(bybit_requests=3, bybit_window_s=60)) as rx:
+def test_bybit_ip_limit_is_a_403_ban(http):
+    # Past the IP limit Bybit answers "403, access too frequent" for at least 10 minutes (docs/v5/rate-limit).
+    with small_replay(limits=Limits(bybit_requests=3, bybit_window_s=60, bybit_ban_s=0.5)) as rx:
         url = rx.base_url("bybit") + "/v5/market/tickers"
-        answers = [http.get(url, params={"category": "linear"}) for _ in range(4)]
-        assert [a.json()["retCode"] for a in answers] == [0, 0, 0, 10006]
+        answers = [http.get(url, params={"category": "linear"}) for _ in range(5)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 403, 403]
+        assert [a.json()["retCode"] for a in answers[:3]] == [0, 0, 0]
         assert answers[2].headers["X-Bapi-Limit-Status"] == "0"
-        assert answers[3].headers["X-Bapi-Limit-Status"] == "0" and answers[3].status_code == 200
-        assert int(answers[3].headers["X-Bapi-Limit-Reset-Timestamp"]) > time.time() * 1000 - 1000
+        assert b"access too frequent" in answers[3].content
+        time.sleep(0.6)
+        rx.reset_counters()
+        assert http.get(url, params={"category": "linear"}).status_code == 200   # the ban ran out
+
+
+def test_bybit_instruments_cursor_paging(http):
+    with ReplayExchange(datasets={"bybit:BTCUSDT": small_bars(), "bybit:ETHUSDT": small_bars()},
+                        start_ms=MID_BAR) as rx:
+        url = rx.base_url("bybit") + "/v5/market/instruments-info"
+        first = http.get(url, params={"category": "linear", "limit": 1}).json()["result"]
+        assert len(first["list"]) == 1 and first["nextPageCursor"]
+        second = http.get(url, params={"category": "linear", "limit": 1, "cursor": first["nextPageCursor"]})
+        rest = second.json()["result"]
+        assert {rest["list"][0]["symbol"], first["list"][0]["symbol"]} == {"BTCUSDT", "ETHUSDT"}
+        assert rest["nextPageCursor"] == ""
 
 
 # ---------------------------------------------------------------------------------------------

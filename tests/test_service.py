@@ -77,8 +77,8 @@ class Stack:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start(self, start_refresher: bool) -> None:
-        self.clients = {ex.name: make_client(ex.name, ex.base_url, **({"archive_url": ex.archive_url}
-                                                                    if ex.archive_url else {}))
+        self.clients = {ex.name: make_client(ex.name, ex.base_url, now_ms=self.replay.now_ms,   # the replay's clock
+                                             **({"archive_url": ex.archive_url} if ex.archive_url else {}))
                         for ex in self.config.exchanges}
         self.refresher = Refresher(self.store, self.clients, self.config.markets, interval_s=3600,
                                    history_days=2, now_ms=self.replay.now_ms)

@@ -12,7 +12,7 @@ import logging
 import random
 import ssl
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 
@@ -26,6 +26,8 @@ log = logging.getLogger("heatsvc.exchanges")
 
 DAY_MS = 86_400_000
 MAX_BODY_BYTES = 16 << 20      # a JSON answer larger than this is hostile (the largest real one is ~1 MB)
+MAX_SEEN_REJECTS = 100_000   # rejected rows remembered (so not recounted); past it, new ones count again
+BAN_MEMORY_S = 3600.0   # a ban within this long after the last one ended counts as repeated (waits longer)
 MAX_TIME_MS = 4_102_444_800_000   # 2100-01-01: a bar time past this (or before 1970) is hostile
 # What reading a payload of the wrong shape raises (a string for a number, an object for a list, ...)
 MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, ZeroDivisionError)
@@ -42,7 +44,8 @@ class ExchangeError(Exception):
 
 
 class ExchangeUnavailable(Exception):
-    """The exchange did not answer usefully after every retry, or it has banned us for now."""
+    """The exchange did not answer usefully after every retry, or it has banned or throttled us for
+    longer than we wait inside one request (`banned_until`, time.monotonic(), says until when)."""
 
     def __init__(self, exchange: str, message: str, *, banned_until: float | None = None):
         super().__init__(f"{exchange}: {message}")
@@ -81,8 +84,8 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def retry_after(response: httpx.Response, default: float) -> float:
-    """Seconds the server asked us to wait (Retry-After), else `default`."""
+def retry_after(response: httpx.Response, default: float | None) -> float | None:
+    """Seconds the server asked us to wait (Retry-After, in seconds), else `default`."""
     value = response.headers.get("Retry-After")
     try:
         return max(0.0, float(value)) if value is not None else default
@@ -119,10 +122,14 @@ class ExchangeClient:
 
     name = "exchange"
     default_base_url = ""
+    BAN_FLOOR_S = 0.0      # the shortest ban the exchange documents (Bybit: 10 minutes)
+    OI_CONVENTION = 1      # raised when the meaning of the open interest the client returns changes;
+    LEGACY_OI_FACTOR = 1.0  # stored values of older conventions are multiplied by this, once
 
     def __init__(self, base_url: str | None = None, *, timeout_s: float = 10.0, max_retries: int = 6,
                  backoff_s: float = 0.5, backoff_cap_s: float = 30.0, max_wait_s: float = 60.0,
-                 ban_probe_s: float = 30.0, ban_cap_s: float = 900.0, now_ms: Callable[[], int] | None = None,
+                 ban_probe_s: float = 30.0, ban_cap_s: float = 21_600.0, ban_floor_s: float | None = None,
+                 now_ms: Callable[[], int] | None = None,
                  seed: int | None = None, max_body_bytes: int = MAX_BODY_BYTES):
         self.base_url = (base_url or self.default_base_url).rstrip("/")
         self.max_body_bytes = max_body_bytes
@@ -134,21 +141,51 @@ class ExchangeClient:
         self.max_wait_s = max_wait_s
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.random = random.Random(seed)
-        self.banned_until = 0.0          # time.monotonic() before which we send nothing
+        self.banned_until = 0.0          # time.monotonic() before which we send nothing to base_url's host
+        self.hold_reason: str | None = None   # why: "banned (HTTP 418 ...)" or "rate limited (...)"
+        self.hold_is_ban = False
         self.ban_probe_s, self.ban_cap_s = ban_probe_s, ban_cap_s
-        self.bans = 0                    # bans in a row (a ban without Retry-After waits longer each time)
+        self.ban_floor_s = self.BAN_FLOOR_S if ban_floor_s is None else ban_floor_s
+        self.bans = 0                    # bans in a row (a ban of unstated length waits longer each time)
         self.requests: Counter[str] = Counter()   # answered requests per path
         self.retries: Counter[str] = Counter()    # why attempts were retried
-        self.rejected: Counter[str] = Counter()   # invalid rows dropped per symbol
+        self.rejected: Counter[str] = Counter()   # distinct invalid rows dropped per symbol
+        self._seen_rejects: set[tuple] = set()    # (symbol, time, field, why) counted once, however often refetched
         self.last_problem: str | None = None
+        # bar ranges per symbol an answer could not cover yet (a statistics file not published or cut
+        # short): the refresher records them as gaps and fetches them again later
+        self.incomplete: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
         for kind in metrics.FETCH_ERROR_KINDS:   # every kind shows up at 0, so rate() works from the start
             metrics.FETCH_ERRORS.labels(self.name, kind)
 
     # ----- transport -----------------------------------------------------------------------
     @property
     def degraded(self) -> bool:
-        """True while a ban (HTTP 418/403) is being waited out."""
+        """True while a ban or a demanded pause (HTTP 418/403, 429 with Retry-After) is being waited out."""
         return time.monotonic() < self.banned_until
+
+    def hold_state(self) -> str | None:
+        """What keeps us from sending to this exchange now ("banned ... for 540 s more"), or None."""
+        left = self.banned_until - time.monotonic()
+        if left <= 0:
+            return None
+        return f"{self.name}: {self.hold_reason}; sending nothing for {left:.0f} s more"
+
+    def hold(self, seconds: float, reason: str, *, ban: bool) -> None:
+        """Send nothing to the exchange's host for `seconds` (never shortening a hold already running),
+        logged and shown in metrics. A ban also makes every caller give up at once until it ends."""
+        until = time.monotonic() + max(0.0, seconds)
+        if until <= self.banned_until:
+            return
+        self.banned_until, self.hold_reason, self.hold_is_ban = until, reason, ban
+        metrics.HELD_UNTIL.labels(self.name).set(time.time() + seconds)
+        metrics.HOLDS.labels(self.name, "banned" if ban else "rate_limited").inc()
+        log.warning("%s: %s; sending nothing to %s for %.1f s", self.name, reason, self.base_url, seconds)
+
+    def ban_guess_s(self) -> float:
+        """How long to stay away after a ban whose length the exchange did not state: its documented
+        floor, doubled with each ban in a row, capped at ban_cap_s."""
+        return min(self.ban_cap_s, max(self.ban_floor_s, self.ban_probe_s) * 2 ** self.bans)
 
     def backoff(self, attempt: int) -> float:
         """Capped exponential backoff with full jitter over its upper half."""
@@ -175,9 +212,8 @@ class ExchangeClient:
         target = (url or self.base_url) + path
         last = "no attempt"
         for attempt in range(self.max_retries + 1):
-            if self.degraded:
-                raise ExchangeUnavailable(self.name, f"banned for {self.banned_until - time.monotonic():.0f} s "
-                                          f"more ({self.last_problem})", banned_until=self.banned_until)
+            if not url:
+                await self.wait_hold()
             await self.pace(path, weight)
             wait = None
             try:
@@ -199,10 +235,33 @@ class ExchangeClient:
             self.last_problem = f"{path}: {last}"
             if attempt == self.max_retries:
                 break
-            delay = self.backoff(attempt) if wait is None else min(wait, self.max_wait_s)
+            if wait is not None and not url:     # the exchange named a pause: the whole host keeps it
+                self.hold(wait, f"rate limited ({path}: {last})", ban=False)
+                continue
+            delay = self.backoff(attempt) if wait is None else wait
             log.info("%s %s: %s; retry %d in %.2f s", self.name, path, last, attempt + 1, delay)
             await asyncio.sleep(delay)
         raise ExchangeUnavailable(self.name, f"{path}: gave up after {self.max_retries + 1} attempts: {last}")
+
+    async def wait_hold(self) -> None:
+        """Before sending: sit out a short demanded pause; raise ExchangeUnavailable during a ban or a
+        pause longer than max_wait_s (the caller records a gap and comes back later)."""
+        left = self.banned_until - time.monotonic()
+        if left <= 0:
+            return
+        if self.hold_is_ban or left > self.max_wait_s:
+            word = "banned" if self.hold_is_ban else "held"
+            raise ExchangeUnavailable(self.name, f"{word} for {left:.0f} s more ({self.hold_reason})",
+                                      banned_until=self.banned_until)
+        await asyncio.sleep(left)
+
+    def banned_for(self, response: httpx.Response, body: bytes) -> float | None:
+        """Seconds of a ban the exchange states in its answer (besides Retry-After), else None."""
+        return None
+
+    def transient(self, response: httpx.Response, body: bytes) -> Retry | None:
+        """A Retry for an error answer the exchange documents as transient (a throttle), else None."""
+        return None
 
     async def fetch(self, path: str, target: str, params: Mapping | None, limit: int) -> tuple[httpx.Response, bytes]:
         """One GET: the response and its body, streamed and abandoned as soon as it exceeds `limit`
@@ -231,17 +290,24 @@ class ExchangeClient:
         """Turn one HTTP answer into a payload, a Retry, an ExchangeError or an ExchangeUnavailable."""
         status = response.status_code
         if status in (418, 403):
-            # Without Retry-After (Bybit's 403) probe again after a wait that doubles with each ban.
-            ban = retry_after(response, min(self.ban_cap_s, self.ban_probe_s * 2 ** self.bans))
+            # The stated ban (Retry-After, or a time in the body) in full; else our own guess, never
+            # shorter than the exchange's documented floor, doubling with each ban in a row.
+            stated = [s for s in (retry_after(response, None), self.banned_for(response, body)) if s is not None]
+            ban = max(stated) if stated else self.ban_guess_s()
             self.bans += 1
-            self.banned_until = time.monotonic() + ban
-            self.last_problem = f"{path}: HTTP {status} ({'IP ban' if status == 418 else 'forbidden / WAF'})"
-            log.warning("%s: HTTP %d on %s; sending nothing for %.0f s", self.name, status, path, ban)
-            raise ExchangeUnavailable(self.name, f"HTTP {status} on {path}; waiting {ban:.0f} s",
+            what = {418: "IP ban", 403: "forbidden: IP rate limit / WAF"}[status]
+            self.last_problem = f"{path}: HTTP {status} ({what}) {body[:80].decode('utf-8', 'replace')!r}"
+            self.hold(ban, f"banned (HTTP {status} on {path}, {'stated' if stated else 'unstated, guessed'} "
+                           f"{ban:.0f} s)", ban=True)
+            raise ExchangeUnavailable(self.name, f"HTTP {status} on {path}; banned for {ban:.0f} s",
                                       banned_until=self.banned_until)
-        self.bans = 0
+        if time.monotonic() - self.banned_until > BAN_MEMORY_S:
+            self.bans = 0                # bans only grow while they keep coming
+        throttle = self.transient(response, body)
+        if throttle is not None:
+            raise throttle
         if status == 429:
-            raise Retry("rate limited (HTTP 429)", retry_after(response, self.backoff_s * 4))
+            raise Retry("rate limited (HTTP 429)", retry_after(response, None))
         if status >= 500:
             raise Retry(f"server error (HTTP {status})")
         if raw:
@@ -265,6 +331,10 @@ class ExchangeClient:
     async def aclose(self) -> None:
         """Close the pooled connections."""
         await self.http.aclose()
+
+    def take_incomplete(self, symbol: str) -> list[tuple[int, int]]:
+        """The ranges the last fetches of `symbol` could not cover yet (then forgotten here)."""
+        return self.incomplete.pop(symbol, [])
 
     # ----- the public face (each exchange implements these) --------------------------------
     async def fetch_bars(self, symbol: str, start_ms: int, end_ms: int) -> dict[str, np.ndarray]:
@@ -313,18 +383,25 @@ class ExchangeClient:
         if len(rows) == 0:
             return b
         for i, field in zip(rows, fields):
-            log.warning("%s:%s bar %s rejected: %s", self.name, symbol, format_time(b["time_ms"][i]),
-                        describe(b, int(i), field))
-        self.rejected[symbol] += len(rows)
-        metrics.REJECTED_ROWS.labels(f"{self.name}:{symbol}").inc(len(rows))
+            self._count_reject(symbol, int(b["time_ms"][i]), field, describe(b, int(i), field))
         keep = np.ones(len(b["time_ms"]), dtype=bool)
         keep[rows] = False
         return {f: v[keep] for f, v in b.items()}
 
     def reject(self, symbol: str, time_ms: int | None, field: str, why: str) -> None:
         """Log and count one row that could not even be parsed."""
+        self._count_reject(symbol, time_ms, field, f"{field} {why}")
+
+    def _count_reject(self, symbol: str, time_ms: int | None, field: str, why: str) -> None:
+        """Log and count a rejected row the first time it is seen: refetching a gap brings the same
+        bad rows back, and they are not new problems."""
+        key = (symbol, time_ms, field, why if time_ms is None else "")
+        if key in self._seen_rejects:
+            return
+        if len(self._seen_rejects) < MAX_SEEN_REJECTS:
+            self._seen_rejects.add(key)
         when = format_time(time_ms) if time_ms is not None and 0 <= time_ms < MAX_TIME_MS else "?"
-        log.warning("%s:%s bar %s rejected: %s %s", self.name, symbol, when, field, why)
+        log.warning("%s:%s bar %s rejected: %s", self.name, symbol, when, why)
         self.rejected[symbol] += 1
         metrics.REJECTED_ROWS.labels(f"{self.name}:{symbol}").inc()
 

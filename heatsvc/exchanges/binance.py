@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import re
 import io
 import logging
 import time
@@ -16,11 +17,13 @@ import zipfile
 import zlib
 from datetime import datetime, timezone
 
+import json
+
 import httpx
 import numpy as np
 
 from .. import metrics
-from ..model.bars import STEP_MS
+from ..model.bars import STEP_MS, format_time
 from ..datasets import metrics_time_ms
 from .base import (DAY_MS, MALFORMED, ExchangeClient, ExchangeError, RateWindow, Retry, align_down, bar_time,
                    join_by_time, listed, number, windows)
@@ -38,6 +41,9 @@ ARCHIVE_COLUMNS = ["create_time", "symbol", "sum_open_interest", "sum_open_inter
                    "count_toptrader_long_short_ratio", "sum_toptrader_long_short_ratio", "count_long_short_ratio",
                    "sum_taker_long_short_vol_ratio"]
 ARCHIVE_PATH = "/data/futures/um/daily/metrics/{s}/{s}-metrics-{d}.zip"
+ARCHIVE_LABEL_CHANGE_MS = 1_782_345_600_000   # 2026-06-25T00:00Z: create_time became the period's start
+SERVED_CONTRACT = "PERPETUAL"      # TRADIFI_PERPETUAL (stocks, commodities) and quarterlies are not served
+BAN_UNTIL = re.compile(r"banned until (\d{13})")
 
 
 def kline_weight(limit: int) -> int:
@@ -81,6 +87,15 @@ def read_metrics_archive(data: bytes, max_bytes: int = ARCHIVE_MAX_BYTES) -> lis
     return rows
 
 
+def archive_bar_time(create_ms: int, day_ms: int) -> int:
+    """The open time of the bar whose END a metrics row describes. Files of days before 2026-06-25
+    stamp the snapshot taken at T as T (rows 00:05 .. 00:00 next day): bar T - 5 min. From 2026-06-25
+    the row stamped T holds the snapshot taken at T + 5 min (rows 00:00 .. 23:55): bar T
+    (binance/binance-public-data#491). The file's day decides, so the 00:00 stamp that both files of
+    the change carry maps to two different bars, as it should."""
+    return align_down(create_ms) - (STEP_MS if day_ms < ARCHIVE_LABEL_CHANGE_MS else 0)
+
+
 def positive(value) -> float:
     """A statistic from the archive: zero or empty means missing, not zero."""
     x = number(value)
@@ -103,8 +118,8 @@ class BinanceClient(ExchangeClient):
         self.weight_minute = 0
         self.max_used_weight = 0           # highest X-MBX-USED-WEIGHT-1M seen (reporting)
         self.stats_window = RateWindow(1000, 300.0)   # /futures/data: 1000 requests per 5 min per IP
-        self._symbols: set[str] | None = None
-        self._archive_cache: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
+        self._archive_cache: dict[tuple[str, int], list[tuple[int, float, float]]] = {}
+        self._contracts: dict[str, tuple[str, str]] | None = None   # symbol -> (contractType, status)
 
     # ----- rate limits ---------------------------------------------------------------------
     async def pace(self, path: str, weight: int) -> None:
@@ -132,6 +147,23 @@ class BinanceClient(ExchangeClient):
             self.used_weight = int(used)
             self.max_used_weight = max(self.max_used_weight, int(used))
 
+    def banned_for(self, response: httpx.Response, body: bytes) -> float | None:
+        """A 418's body states the ban's end: "IP banned until 1659761931230" (ms)."""
+        found = BAN_UNTIL.search(body[:400].decode("utf-8", "replace"))
+        return None if found is None else max(0.0, int(found.group(1)) / 1000 - time.time())
+
+    def transient(self, response: httpx.Response, body: bytes) -> Retry | None:
+        """-1008 ("request throttled by system-level protection", HTTP 400 or 503) is a throttle:
+        retried with backoff, never taken for a bad request."""
+        if response.status_code in (400, 503) and b"-1008" in body[:200]:
+            try:
+                code = json.loads(body).get("code")
+            except (ValueError, AttributeError):
+                return None
+            if code == -1008:
+                return Retry(f"rate limited (HTTP {response.status_code} code -1008, system-level protection)")
+        return None
+
     def check_body(self, path: str, response: httpx.Response, body):
         if response.status_code != 200 or (isinstance(body, dict) and isinstance(body.get("code"), int)
                                            and body["code"] < 0):
@@ -144,13 +176,25 @@ class BinanceClient(ExchangeClient):
         return body
 
     # ----- public face ---------------------------------------------------------------------
+    async def contracts(self) -> dict[str, tuple[str, str]]:
+        """Every USD-M symbol in exchangeInfo: (contractType, status), fetched once."""
+        if self._contracts is None:
+            self._contracts = await self.request("/fapi/v1/exchangeInfo", weight=1, parse=lambda info: {
+                str(s["symbol"]): (str(s.get("contractType", "")), str(s.get("status", "")))
+                for s in info["symbols"]})
+        return self._contracts
+
     async def check_symbol(self, symbol: str) -> None:
-        if self._symbols is None:
-            self._symbols = await self.request("/fapi/v1/exchangeInfo", weight=1, parse=lambda info: {
-                s["symbol"] for s in info.get("symbols", [])
-                if s.get("status") == "TRADING" and s.get("contractType") == "PERPETUAL"})
-        if symbol not in self._symbols:
-            raise ExchangeError(self.name, f"symbol {symbol!r} is not a trading USD-M perpetual")
+        """Only PERPETUAL contracts that are TRADING are served: TRADIFI_PERPETUAL (stock and commodity
+        perpetuals, which trade in their market's hours) and dated quarterlies are refused by name."""
+        kind, status = (await self.contracts()).get(symbol, ("", ""))
+        if not kind:
+            raise ExchangeError(self.name, f"symbol {symbol!r} is not listed on USD-M futures")
+        if kind != SERVED_CONTRACT:
+            raise ExchangeError(self.name, f"symbol {symbol!r} is a {kind} contract; heatsvc serves "
+                                           f"{SERVED_CONTRACT} contracts only")
+        if status != "TRADING":
+            raise ExchangeError(self.name, f"symbol {symbol!r} is {status or 'not trading'}, not TRADING")
 
     async def fetch_bars(self, symbol: str, start_ms: int, end_ms: int) -> dict[str, np.ndarray]:
         start = -(-int(start_ms) // STEP_MS) * STEP_MS
@@ -231,30 +275,39 @@ class BinanceClient(ExchangeClient):
         ratio_v = [r[2] for r in archived] + api["ratio"][1]
         return oi_t, oi_v, ratio_t, ratio_v
 
+    async def archive_day(self, symbol: str, day: str) -> list[tuple[int, float, float]]:
+        """One day's metrics rows as (bar time, OI, ratio), the day given as YYYY-MM-DD."""
+        day_ms = int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp() * 1000)
+        return (await self.archive_file(symbol, day_ms))[0]
+
     async def fetch_archive(self, symbol: str, start: int, end: int) -> list[tuple[int, float, float]]:
-        """(bar time, open interest, top-trader ratio) for bars in [start, end) from daily metrics zips."""
-        first = (start + STEP_MS) // DAY_MS
-        last = (end - 1 + STEP_MS) // DAY_MS
+        """(bar time, open interest, top-trader ratio) for bars in [start, end) from daily metrics zips;
+        a day missing or cut short is recorded in `incomplete` (a gap to refetch), never read as zeros."""
         out = []
-        for day in range(first, last + 1):
-            d = datetime.fromtimestamp(day * 86_400, timezone.utc).strftime("%Y-%m-%d")
-            out.extend(r for r in await self.archive_day(symbol, d) if start <= r[0] < end)
+        for day in range(start // DAY_MS * DAY_MS, end, DAY_MS):
+            rows, complete_until = await self.archive_file(symbol, day)
+            out.extend(r for r in rows if start <= r[0] < end)
+            lo, hi = max(start, complete_until), min(end, day + DAY_MS)
+            if lo < hi:
+                self.incomplete[symbol].append((lo, hi))
         return out
 
-    async def archive_day(self, symbol: str, day: str) -> list[tuple[int, float, float]]:
-        """One day's metrics rows as (bar time, OI, ratio); zeros become NaN; cached."""
-        key = (symbol, day)
+    async def archive_file(self, symbol: str, day_ms: int) -> tuple[list[tuple[int, float, float]], int]:
+        """One day's metrics as ([(bar time, OI, ratio)], the end of the bars the file covers without a
+        cut: day_ms when it is missing, the day's end when it reaches the day's last bar). Only whole
+        days are cached: a missing or truncated file is asked for again next time."""
+        key = (symbol, day_ms)
         if key in self._archive_cache:
-            return self._archive_cache[key]
+            return self._archive_cache[key], day_ms + DAY_MS
+        day = datetime.fromtimestamp(day_ms / 1000, timezone.utc).strftime("%Y-%m-%d")
         path = ARCHIVE_PATH.format(s=symbol, d=day)
         rows = None
         for attempt in range(self.max_retries + 1):
             data = await self.request(path, url=self.archive_url, raw=True, weight=0,
                                       max_bytes=ARCHIVE_MAX_BYTES)
             if data is None:
-                log.info("binance: no metrics archive %s; open interest stays missing that day", path)
-                rows = []
-                break
+                log.info("binance: no metrics archive %s (not published yet, or missing): a gap to refetch", path)
+                return [], day_ms
             try:
                 rows = read_metrics_archive(data)
                 break
@@ -272,12 +325,18 @@ class BinanceClient(ExchangeClient):
         out = []
         for r in rows:
             try:
-                created = metrics_time_ms(r["create_time"].strip())
-                out.append((align_down(created) - STEP_MS, positive(r["sum_open_interest"]),
-                            positive(r["sum_toptrader_long_short_ratio"])))
+                bar = archive_bar_time(metrics_time_ms(r["create_time"].strip()), day_ms)
+                if day_ms <= bar < day_ms + DAY_MS:     # the other regime's 00:00 row belongs to the next file
+                    out.append((bar, positive(r["sum_open_interest"]), positive(r["sum_toptrader_long_short_ratio"])))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 self.reject(symbol, None, "metrics", f"unparsable archive row ({exc})")
+        last_bar = day_ms + DAY_MS - STEP_MS
+        if not any(bar == last_bar for bar, _, _ in out):
+            covered = max((bar for bar, _, _ in out), default=day_ms - STEP_MS) + STEP_MS
+            log.info("binance: metrics archive %s stops before %s: the rest is a gap to refetch", path,
+                     format_time(covered))
+            return out, covered
         if len(self._archive_cache) > 8:
             self._archive_cache.pop(next(iter(self._archive_cache)))
         self._archive_cache[key] = out
-        return out
+        return out, day_ms + DAY_MS

@@ -4,6 +4,13 @@ Answers come in the envelope {retCode, retMsg, result, time}; lists are newest f
 are strings. Bybit publishes no taker-buy volume in klines (missing -> the model uses volume/2) and
 no top-trader position ratio: its account ratio (buyRatio / sellRatio) stands in for it.
 An open-interest or ratio row stamped X is the snapshot at the END of the bar opening at X - 5 min.
+
+Open interest: Bybit documents `openInterest` as "the sum of both sides" (docs/v5/market/open-interest,
+since 2023-11) and, from 2026-06-11, adds `singleOpenInterest`, "the single side". The model takes
+one side (MODEL.md section 1), so heatsvc reads `singleOpenInterest`; an answer without it (older
+deployments, testnet) gives half of `openInterest`, which is what "the sum of both sides" of
+matched positions means. So `all:SYMBOL` aggregates never count Bybit twice.
+An HTTP 403 ("access too frequent") is an IP ban of at least 10 minutes (docs/v5/rate-limit).
 """
 from __future__ import annotations
 
@@ -28,6 +35,15 @@ RATE_LIMIT_CODES = {10006, 10018}
 SERVER_CODES = {10000, 10016}
 
 
+def one_side(row) -> float:
+    """One side of a Bybit open-interest record: singleOpenInterest, else half of openInterest
+    (documented as the sum of both sides)."""
+    single = row.get("singleOpenInterest")
+    if single is not None and single != "":
+        return number(single)
+    return number(row.get("openInterest")) / 2
+
+
 def page(result) -> tuple[list, str | None]:
     """One page of a v5 statistics answer: its rows and the cursor of the next page."""
     return listed(result.get("list")), result.get("nextPageCursor")
@@ -38,6 +54,9 @@ class BybitClient(ExchangeClient):
 
     name = "bybit"
     default_base_url = "https://api.bybit.com"
+    OI_CONVENTION = 2       # 1: openInterest as returned (both sides); 2: one side
+    LEGACY_OI_FACTOR = 0.5
+    BAN_FLOOR_S = 600.0    # "403, access too frequent": "wait for at least 10 minutes" (docs/v5/rate-limit)
 
     def __init__(self, base_url: str | None = None, *, requests_per_5s: int = 500, **kw):
         super().__init__(base_url, **kw)
@@ -100,7 +119,7 @@ class BybitClient(ExchangeClient):
             return bars
         lo, hi = int(t[0]), int(t[-1]) + STEP_MS
         oi_t, oi_v = await self.paged(symbol, "/v5/market/open-interest", {"intervalTime": "5min"}, lo, hi,
-                                      OI_PER_CALL, lambda r: number(r["openInterest"]))
+                                      OI_PER_CALL, one_side)
         ratio_t, ratio_v = await self.paged(symbol, "/v5/market/account-ratio", {"period": "5min"}, lo, hi,
                                             RATIO_PER_CALL, lambda r: number(r["buyRatio"]) / number(r["sellRatio"]))
         bars["open_interest"] = join_by_time(t, oi_t, oi_v)
@@ -110,7 +129,7 @@ class BybitClient(ExchangeClient):
     async def fetch_live(self, symbol: str) -> tuple[dict[str, np.ndarray], float, float]:
         def values(tick) -> tuple[float, float] | None:
             ticker = next((x for x in tick.get("list", []) if x.get("symbol") == symbol), None)
-            return None if ticker is None else (number(ticker.get("openInterest")),
+            return None if ticker is None else (one_side(ticker),
                                                 number(ticker.get("markPrice") or ticker.get("lastPrice")))
 
         cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume")}

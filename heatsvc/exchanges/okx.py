@@ -3,7 +3,9 @@ top traders' long/short position ratio.
 
 Answers come in the envelope {code, msg, data} with string codes; errors often arrive with HTTP
 200. Candles are newest first and `confirm` is "0" on the forming bar. Volumes and open interest
-are taken in the base currency (volCcy, oiCcy), not in contracts. Symbols are written the Binance
+are taken in the base currency (volCcy, oiCcy), not in contracts; where an answer lacks them, contracts
+are converted with the instrument's ctVal x ctMult read from /api/v5/public/instruments (never
+hard-coded). Symbols are written the Binance
 way (BTCUSDT) and mapped to OKX instrument ids (BTC-USDT-SWAP). A statistics row stamped X is the
 snapshot at the END of the bar opening at X - 5 min. OKX keeps only the latest 1,440 statistics
 rows, so older bars have no open interest here; paging stops at the first empty page.
@@ -17,7 +19,7 @@ from ..model.bars import STEP_MS
 from .base import (MALFORMED, ExchangeClient, ExchangeError, RateWindow, Retry, align_down, bar_time, join_by_time,
                    number, windows)
 
-CANDLES_PER_CALL = 100
+CANDLES_PER_CALL = 300         # history-candles answers up to 300 rows per request
 STATS_PER_CALL = 100
 QUOTES = ("USDT", "USDC", "USD")
 RATE_LIMIT_CODES = {"50011", "50061"}
@@ -43,6 +45,14 @@ def inst_id(symbol: str) -> str:
     raise ExchangeError("okx", f"symbol {symbol!r} does not end in a known quote currency ({', '.join(QUOTES)})")
 
 
+def contract_size(instrument: dict) -> float:
+    """Base units per contract of an OKX instrument record: ctVal x ctMult (ValueError if absent)."""
+    size = float(instrument["ctVal"]) * float(instrument.get("ctMult") or 1)
+    if not size > 0:
+        raise ValueError(f"{instrument.get('instId')}: ctVal x ctMult = {size} is not positive")
+    return size
+
+
 class OkxClient(ExchangeClient):
     """OKX v5 public REST for perpetual swaps."""
 
@@ -52,6 +62,7 @@ class OkxClient(ExchangeClient):
     def __init__(self, base_url: str | None = None, *, limits: dict[str, int] | None = None, **kw):
         super().__init__(base_url, **kw)
         self.windows = {path: RateWindow(n, 2.0) for path, n in {**LIMITS, **(limits or {})}.items()}
+        self.contract_size: dict[str, float] = {}   # symbol -> base units per contract (ctVal x ctMult)
 
     async def pace(self, path: str, weight: int) -> None:
         window = self.windows.get(path)
@@ -79,15 +90,17 @@ class OkxClient(ExchangeClient):
     async def check_symbol(self, symbol: str) -> None:
         inst = inst_id(symbol)
 
-        def is_live(data) -> bool:
-            return any(d.get("instId") == inst and d.get("state", "live") == "live" for d in data)
+        def record(data) -> dict | None:
+            return next((d for d in data if d.get("instId") == inst), None)
 
         try:
-            live = await self.request("/api/v5/public/instruments", {"instType": "SWAP", "instId": inst}, parse=is_live)
+            found = await self.request("/api/v5/public/instruments", {"instType": "SWAP", "instId": inst},
+                                       parse=record)
         except ExchangeError as exc:
             raise ExchangeError(self.name, f"symbol {symbol!r} ({inst}): {exc}", code=exc.code) from None
-        if not live:
-            raise ExchangeError(self.name, f"symbol {symbol!r} ({inst_id(symbol)}) is not a live swap")
+        if found is None or found.get("state", "live") != "live":
+            raise ExchangeError(self.name, f"symbol {symbol!r} ({inst}) is not a live swap")
+        self.contract_size[symbol] = contract_size(found)
 
     async def fetch_bars(self, symbol: str, start_ms: int, end_ms: int) -> dict[str, np.ndarray]:
         inst = inst_id(symbol)
@@ -103,7 +116,7 @@ class OkxClient(ExchangeClient):
         if len(t) == 0:
             return bars
         lo, hi = int(t[0]), int(t[-1]) + STEP_MS
-        oi_t, oi_v = await self.stats(symbol, OI_PATH, lo, hi, lambda r: number(r[2]))
+        oi_t, oi_v = await self.stats(symbol, OI_PATH, lo, hi, lambda r: self.base_units(symbol, r[2], r[1]))
         ratio_t, ratio_v = await self.stats(symbol, RATIO_PATH, lo, hi, lambda r: number(r[1]))
         bars["open_interest"] = join_by_time(t, oi_t, oi_v)
         bars["long_short_ratio"] = join_by_time(t, ratio_t, ratio_v)
@@ -113,12 +126,21 @@ class OkxClient(ExchangeClient):
         inst = inst_id(symbol)
         data = await self.request("/api/v5/market/history-candles", {"instId": inst, "bar": "5m", "limit": 1})
         open_interest = await self.request("/api/v5/public/open-interest", {"instType": "SWAP", "instId": inst},
-                                           parse=lambda oi: number(oi[0].get("oiCcy")) if oi else float("nan"))
+                                           parse=lambda oi: self.base_units(symbol, oi[0].get("oiCcy"), oi[0].get("oi"))
+                                           if oi else float("nan"))
         price = await self.request("/api/v5/public/mark-price", {"instType": "SWAP", "instId": inst},
                                    parse=lambda mark: number(mark[0].get("markPx")) if mark else float("nan"))
         cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume")}
         self.parse_candles(symbol, data, cols, closed_only=False)
         return self.forming_bar(symbol, cols, open_interest), open_interest, price
+
+    def base_units(self, symbol: str, in_base, in_contracts) -> float:
+        """A size in base units: the answer's base-currency figure, else contracts x the instrument's
+        ctVal x ctMult (known once check_symbol has read the instrument)."""
+        value = number(in_base)
+        if value == value or symbol not in self.contract_size:
+            return value
+        return number(in_contracts) * self.contract_size[symbol]
 
     def parse_candles(self, symbol: str, data, cols: dict[str, list], *, closed_only: bool) -> None:
         """Append rows [ts, o, h, l, c, vol (contracts), volCcy (base), volCcyQuote, confirm]."""
@@ -126,8 +148,8 @@ class OkxClient(ExchangeClient):
             try:
                 if closed_only and str(r[8]) != "1":
                     continue
-                values = (bar_time(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[6]),
-                          number(r[7]))
+                values = (bar_time(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]),
+                          self.base_units(symbol, r[6], r[5]), number(r[7]))
             except MALFORMED as exc:
                 self.reject(symbol, None, "candle", f"unparsable ({exc})")
                 continue
