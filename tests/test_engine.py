@@ -103,6 +103,63 @@ def test_backends_agree_on_a_long_market_with_explicit_range():
     assert a.off_range_long.max() > 0 or a.off_range_short.max() > 0
 
 
+def test_backends_agree_when_prices_sit_on_row_edges():
+    """Lows and highs exactly on, and one ulp either side of, the grid's row edges: the kernel's
+    edge-price walk must round them as the reference's logarithm does."""
+    bars = random_market(21, n=250, price=100.0)
+    p_lo, p_hi, rows = 80.0, 125.0, 45
+    log_rho = math.log(p_hi / p_lo) / rows
+    rng = np.random.default_rng(21)
+    for i in range(1, 250):
+        for field, pick in (("low", min), ("high", max)):
+            k = math.floor(math.log(bars[field][i] / p_lo) / log_rho) + int(rng.integers(0, 2))
+            edge = p_lo * math.exp(k * log_rho) * [1.0, 1 + 2.3e-16, 1 - 1.2e-16][int(rng.integers(0, 3))]
+            bars[field][i] = pick(edge, bars["open"][i], bars["close"][i])
+    kwargs = dict(lookback="1d", columns=40, rows=rows, price_range=(p_lo, p_hi))
+    results = {b: compute_heatmap(bars, backend=b, **kwargs) for b in BACKENDS}
+    assert results["python"].swept_long.sum() > 0 and results["python"].swept_short.sum() > 0
+    for b in ("cython", "numpy"):
+        assert_agree(results["python"], results[b], b)
+
+
+@pytest.mark.parametrize("half_life_days", [0.01, 1e-4])
+def test_backends_agree_when_a_tier_decays_past_the_float_range(half_life_days):
+    """A tier whose decay underflows doubles within the window: the kernel folds its scale back into
+    the cells (every 16 bars, or every bar when one bar's decay is that steep) and still agrees."""
+    bars = random_market(4, n=3000, price=30.0)
+    params = ModelParams(tiers=(Tier(20, 0.5, 0.004, half_life_days), Tier(4, 0.5, 0.004, math.inf)))
+    kwargs = dict(lookback="14d", columns=60, rows=50, params=params, per_tier=True)
+    a = compute_heatmap(bars, backend="numpy", **kwargs)
+    b = compute_heatmap(bars, backend="cython", **kwargs)
+    assert 2.0 ** -(14 / half_life_days) == 0.0, "one scale over the window would underflow"
+    assert_agree(a, b)
+    assert b.per_tier_long[0, :, -1].sum() > 0, "the fast tier still holds what the last bars opened"
+
+
+def test_several_lookbacks_in_one_call_equal_one_call_each():
+    bars = random_market(17, n=3000, price=5.0)
+    lookbacks = ["12h", "1d", "3d", "7d", timedelta(hours=5)]
+    many = engine.compute_heatmaps(bars, lookbacks=lookbacks, columns=37, rows=41, per_tier=True)
+    assert list(many) == lookbacks
+    for lb in lookbacks:
+        one = compute_heatmap(bars, lookback=lb, columns=37, rows=41, per_tier=True)
+        for name in ("long", "short", "swept_long", "swept_short", "off_range_long", "off_range_short",
+                     "candles", "price_edges", "column_times", "per_tier_long", "per_tier_short"):
+            np.testing.assert_array_equal(getattr(many[lb], name), getattr(one, name), err_msg=f"{lb} {name}")
+        assert many[lb].balance == one.balance and many[lb].lookback_ms == one.lookback_ms
+
+
+def test_several_lookbacks_check_what_they_are_given():
+    bars = random_market(17, n=300, price=5.0)
+    with pytest.raises(ValueError, match="at least one lookback"):
+        engine.compute_heatmaps(bars, lookbacks=[])
+    with pytest.raises(ValueError, match="lookback '2w' is unknown"):
+        engine.compute_heatmaps(bars, lookbacks=["1d", "2w"])
+    bars["high"][-5] = bars["low"][-5] * 0.5  # inside the 1d window: found by the one check of the longest
+    with pytest.raises(ValueError, match=r"bar 20\d\d-.*high .* below"):
+        engine.compute_heatmaps(bars, lookbacks=["12h", "1d"])
+
+
 def test_one_bar_window_and_window_longer_than_data():
     bars = random_market(5, n=30)
     one = {b: compute_heatmap(bars, lookback=timedelta(minutes=5), columns=5, rows=10, backend=b) for b in BACKENDS}
@@ -341,6 +398,9 @@ def test_bad_bar_error_names_market_and_time():
     (dict(lookback="1d", price_range=(0, 5)), "price_range"),
     (dict(lookback="1d", price_range=(1, math.inf)), "price_range"),
     (dict(lookback="1d", price_range=(1e3, 1.0001e3)), "too fine"),
+    (dict(lookback="1d", price_range=(1e-13, 1.0)), r"1e-12 <= low < high <= 1e\+12"),
+    (dict(lookback="1d", price_range=(1.0, 1e13)), r"1e-12 <= low < high <= 1e\+12"),
+    (dict(lookback="1d", price_range=(math.nan, 1.0)), "price_range"),
     (dict(lookback="1d", backend="fortran"), "backend 'fortran' is unknown"),
 ])
 def test_bad_view_options_are_rejected(kwargs, match):

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from heatsvc.model.zones import column_zones, proximity_weight
+from heatsvc.model.zones import column_zones, proximity_weight, row_centres
 
 # 20 rows, each 1 % wide around 100: centres are geometric means of the edges
 EDGES = 90.0 * 1.01 ** np.arange(21)
-CENTRES = np.sqrt(EDGES[:-1] * EDGES[1:])
+CENTRES = row_centres(EDGES)
 PRICE = float(EDGES[10])  # the boundary between rows 9 and 10: rows 0-9 below, 10-19 above
 
 
@@ -94,3 +94,11 @@ def test_cumulative_curves_run_outward_from_the_price():
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         column_zones(np.zeros(20), np.zeros(20), EDGES, PRICE, **kwargs)
+
+
+def test_row_centres_are_geometric_means_that_never_overflow():
+    np.testing.assert_allclose(row_centres(EDGES), np.sqrt(EDGES[:-1] * EDGES[1:]), rtol=1e-15)
+    for edges in (np.array([1e-200, 3e-200, 9e-200]), np.array([1e305, 1e306, 1.7e308])):  # products under-/overflow
+        centres = row_centres(edges)
+        assert (centres > edges[:-1]).all() and (centres < edges[1:]).all()
+        np.testing.assert_allclose(np.log(centres), (np.log(edges[:-1]) + np.log(edges[1:])) / 2, rtol=1e-14)

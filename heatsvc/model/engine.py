@@ -17,7 +17,7 @@ from datetime import timedelta
 import numpy as np
 
 from . import bars as barlib
-from .zones import ZoneReport, intensity, zones  # noqa: F401  (part of the engine's public face)
+from .zones import ZoneReport, intensity, row_centres, zones  # noqa: F401  (part of the engine's public face)
 
 DAY_MS = 86_400_000
 LOOKBACKS = {
@@ -28,6 +28,7 @@ MAX_ROWS = 10_000
 MAX_COLUMNS = 10_000
 MAX_TIERS = 32  # the kernel's per-tier scratch arrays are this long
 MAX_BOOK_ROWS = 500_000  # internal rows (shown + off-range); bounds memory and time of one view
+MIN_PRICE, MAX_PRICE = 1e-12, 1e12  # an explicit price range lies inside (far beyond it, float products overflow)
 BACKENDS = ("cython", "numpy", "python")
 
 
@@ -101,7 +102,6 @@ class View:
     Internal rows k = row + offset; k in [0, book_rows) holds every price the window can deposit at.
     """
     bars: dict[str, np.ndarray]   # the window's bars, normalised
-    column: np.ndarray            # int64, the column of each window bar
     oi_prev: float                # last known open interest before the window (NaN if none)
     columns: int
     bars_per_column: int
@@ -114,6 +114,11 @@ class View:
     book_rows: int
     params: ModelParams
     per_tier: bool
+
+    @property
+    def column(self) -> np.ndarray:
+        """int64, the column of each window bar (the kernel tracks it from the times itself)."""
+        return (self.bars["time_ms"] - self.start_ms) // (self.params.step_ms * self.bars_per_column)
 
     def row_of(self, price: float) -> int:
         """MODEL.md section 2: row(p) = floor(ln(p / p_lo) / ln rho), computed the same way everywhere."""
@@ -166,7 +171,7 @@ class Heatmap:
 
     @property
     def row_centres(self) -> np.ndarray:
-        return np.sqrt(self.price_edges[:-1] * self.price_edges[1:])
+        return row_centres(self.price_edges)
 
 
 def lookback_ms(lookback: str | timedelta, step_ms: int) -> int:
@@ -192,8 +197,8 @@ def _check_price_range(price_range) -> tuple[float, float]:
         lo, hi = (float(x) for x in price_range)
     except (TypeError, ValueError):
         raise ValueError(f"price_range must be a pair (low, high), got {price_range!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
-        raise ValueError(f"price_range must satisfy 0 < low < high (finite), got ({lo}, {hi})")
+    if not MIN_PRICE <= lo < hi <= MAX_PRICE:  # NaN fails too
+        raise ValueError(f"price_range must satisfy {MIN_PRICE:g} <= low < high <= {MAX_PRICE:g}, got ({lo}, {hi})")
     return lo, hi
 
 
@@ -222,17 +227,19 @@ def _checked(bars, market: str, step_ms: int) -> dict[str, np.ndarray]:
     return barlib.check_times(barlib.normalize(bars), market=market, step_ms=step_ms)
 
 
-def _prepare(b, *, end_ms, span_ms, columns, rows, price_range, params, per_tier, market="bars") -> View:
+def _prepare(b, *, end_ms, span_ms, columns, rows, price_range, params, per_tier, market="bars",
+             check=True) -> View:
+    """The view of one lookback; check=False when the caller has checked a window holding this one."""
     step = params.step_ms
     start_ms, i0, i1, oi_prev = _window(b, end_ms, span_ms, step)
     window = {k: v[i0:i1] for k, v in b.items()}
-    barlib.check_values(window, market=market)
+    if check:
+        barlib.check_values(window, market=market)
     if oi_prev < 0:
         raise ValueError(f"{market}: open_interest before the window is negative ({oi_prev:g})")
     slots = span_ms // step
     per_col = -(-slots // columns)
     ncols = -(-slots // per_col)
-    column = (window["time_ms"] - start_ms) // (step * per_col)
     if price_range is None:
         if i1 == i0:
             raise ValueError("the window holds no bars, so it has no default price range")
@@ -251,35 +258,41 @@ def _prepare(b, *, end_ms, span_ms, columns, rows, price_range, params, per_tier
     if k_hi - k_lo + 1 > MAX_BOOK_ROWS:
         raise ValueError(f"price_range ({p_lo:g}, {p_hi:g}) with {rows} rows is too fine for the window's "
                          f"prices: the book would need {k_hi - k_lo + 1} rows (at most {MAX_BOOK_ROWS})")
-    return View(bars=window, column=column, oi_prev=oi_prev, columns=ncols, bars_per_column=per_col,
+    return View(bars=window, oi_prev=oi_prev, columns=ncols, bars_per_column=per_col,
                 start_ms=start_ms, p_lo=p_lo, p_hi=p_hi, rows=rows, log_rho=log_rho, offset=-k_lo,
                 book_rows=k_hi - k_lo + 1, params=params, per_tier=per_tier)
 
 
-def _run(view: View, backend: str) -> dict:
+def _run_all(views: list[View], backend: str) -> list[dict]:
+    """The backend's result for each view; the kernel runs them all in one release of the GIL."""
     if backend == "cython":
         from . import _kernel
-        return _kernel.evolve_view(view)
+        return _kernel.evolve_views(views)
     if backend == "numpy":
         from . import engine_numpy
-        return engine_numpy.evolve(view)
+        return [engine_numpy.evolve(v) for v in views]
     if backend == "python":
         from . import engine_python
-        return engine_python.evolve(view)
+        return [engine_python.evolve(v) for v in views]
     raise ValueError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
 
 
-def _setup(lookback, columns, rows, price_range, params, backend):
+def _run(view: View, backend: str) -> dict:
+    return _run_all([view], backend)[0]
+
+
+def _setup(lookbacks: tuple, columns, rows, price_range, params, backend):
+    """Checked parameters, the lookbacks' spans in ms, and the checked price range."""
     params = ModelParams() if params is None else params
     if not isinstance(params, ModelParams):
         raise ValueError(f"params must be a heatsvc.model.engine.ModelParams, got {type(params).__name__}")
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
     _check_shape(rows, columns)
-    span = lookback_ms(lookback, params.step_ms)
+    spans = [lookback_ms(lb, params.step_ms) for lb in lookbacks]
     if price_range is not None:
         price_range = _check_price_range(price_range)
-    return params, span, price_range
+    return params, spans, price_range
 
 
 def _included(b: dict[str, np.ndarray], include_partial: bool, market: str) -> dict[str, np.ndarray]:
@@ -316,12 +329,33 @@ def compute_heatmap(bars: Mapping[str, np.ndarray], *, lookback: str | timedelta
     ValueError naming the field (and for bars, the market and time); bar values are checked for
     every bar that reaches the model (the window), times for all bars.
     """
-    params, span, price_range = _setup(lookback, columns, rows, price_range, params, backend)
+    return compute_heatmaps(bars, lookbacks=(lookback,), columns=columns, rows=rows, price_range=price_range,
+                            params=params, backend=backend, include_partial=include_partial,
+                            per_tier=per_tier, market=market)[lookback]
+
+
+def compute_heatmaps(bars: Mapping[str, np.ndarray], *, lookbacks, columns: int = 288, rows: int = 400,
+                     price_range: tuple[float, float] | None = None, params: ModelParams | None = None,
+                     backend: str = "cython", include_partial: bool = True, per_tier: bool = False,
+                     market: str = "bars") -> dict:
+    """Several lookbacks of one market at once, as {lookback: Heatmap}, each as compute_heatmap gives it.
+
+    The bars are normalised and checked once (the longest window holds every other), and the cython
+    backend runs every view in one release of the GIL: what the service does for each new bar.
+    """
+    lookbacks = tuple(lookbacks)
+    if not lookbacks:
+        raise ValueError("lookbacks: at least one lookback is required")
+    params, spans, price_range = _setup(lookbacks, columns, rows, price_range, params, backend)
     b = _included(_checked(bars, market, params.step_ms), include_partial, market)
     end_ms = int(b["time_ms"][-1])
-    view = _prepare(b, end_ms=end_ms, span_ms=span, columns=columns, rows=rows,
-                    price_range=price_range, params=params, per_tier=per_tier, market=market)
-    return _finish(view, _run(view, backend), span, end_ms, float(b["close"][-1]), (market,))
+    _, i0, i1, _ = _window(b, end_ms, max(spans), params.step_ms)
+    barlib.check_values({k: v[i0:i1] for k, v in b.items()}, market=market)
+    views = [_prepare(b, end_ms=end_ms, span_ms=span, columns=columns, rows=rows, price_range=price_range,
+                      params=params, per_tier=per_tier, market=market, check=False) for span in spans]
+    price = float(b["close"][-1])
+    return {lb: _finish(view, raw, span, end_ms, price, (market,))
+            for lb, span, view, raw in zip(lookbacks, spans, views, _run_all(views, backend))}
 
 
 def compute_aggregate(bars_by_market: Mapping[str, Mapping[str, np.ndarray]], *, lookback: str | timedelta,
@@ -336,7 +370,7 @@ def compute_aggregate(bars_by_market: Mapping[str, Mapping[str, np.ndarray]], *,
     """
     if not bars_by_market:
         raise ValueError("bars_by_market: at least one market is required")
-    params, span, price_range = _setup(lookback, columns, rows, price_range, params, backend)
+    params, (span,), price_range = _setup((lookback,), columns, rows, price_range, params, backend)
     checked = {m: _included(_checked(b, m, params.step_ms), include_partial, m) for m, b in bars_by_market.items()}
     end_ms = max(int(b["time_ms"][-1]) for b in checked.values())
     if price_range is None:
@@ -348,11 +382,9 @@ def compute_aggregate(bars_by_market: Mapping[str, Mapping[str, np.ndarray]], *,
         if not ranges:
             raise ValueError("the window holds no bars in any market")
         price_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
-    results = []
-    for market, b in checked.items():
-        view = _prepare(b, end_ms=end_ms, span_ms=span, columns=columns, rows=rows,
-                        price_range=price_range, params=params, per_tier=per_tier, market=market)
-        results.append(_run(view, backend))
+    views = [_prepare(b, end_ms=end_ms, span_ms=span, columns=columns, rows=rows, price_range=price_range,
+                      params=params, per_tier=per_tier, market=market) for market, b in checked.items()]
+    results = _run_all(views, backend)
     total = {key: sum(r[key] for r in results) for key in ("long", "short", "swept_long", "swept_short",
                                                            "off_range_long", "off_range_short")}
     if per_tier:
@@ -365,5 +397,5 @@ def compute_aggregate(bars_by_market: Mapping[str, Mapping[str, np.ndarray]], *,
         total["candles"] = np.column_stack([np.nanmean(stack[:, :, 0], 0), np.nanmax(stack[:, :, 1], 0),
                                             np.nanmin(stack[:, :, 2], 0), np.nanmean(stack[:, :, 3], 0)])
     price = float(np.mean([b["close"][-1] for b in checked.values()]))
-    return _finish(view, total, span, end_ms, price, tuple(checked))
+    return _finish(views[0], total, span, end_ms, price, tuple(checked))
 

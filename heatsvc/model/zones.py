@@ -41,6 +41,11 @@ class ZoneReport:
     cumulative_short: np.ndarray = field(repr=False)  # per row: short heat from the price up to the row
 
 
+def row_centres(price_edges: np.ndarray) -> np.ndarray:
+    """Each row's geometric centre, sqrt(lo * hi) computed as lo * sqrt(hi / lo) so it cannot overflow."""
+    return price_edges[:-1] * np.sqrt(price_edges[1:] / price_edges[:-1])
+
+
 def proximity_weight(distance_pct, d0: float):
     """1 / (1 + |d| / d0): how much a level's distance from the price discounts it."""
     return 1.0 / (1.0 + np.abs(distance_pct) / d0)
@@ -72,7 +77,7 @@ def column_zones(long_heat: np.ndarray, short_heat: np.ndarray, price_edges: np.
         raise ValueError(f"price must be finite and > 0, got {price!r}")
     long_heat = np.asarray(long_heat, dtype=np.float64)
     short_heat = np.asarray(short_heat, dtype=np.float64)
-    centres = np.sqrt(price_edges[:-1] * price_edges[1:])
+    centres = row_centres(price_edges)
     above, below = centres > price, centres < price
     v_max = float(max(long_heat.max(initial=0.0), short_heat.max(initial=0.0)))
     distance = 100.0 * (centres - price) / price

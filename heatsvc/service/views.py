@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..model.engine import MAX_COLUMNS, MAX_ROWS
+from ..model.engine import MAX_COLUMNS, MAX_PRICE, MAX_ROWS, MIN_PRICE
 from .errors import RequestError, invalid, not_found
 
 DEFAULT_ROWS = 400
@@ -12,7 +12,6 @@ DEFAULT_THRESHOLD = 0.2
 DEFAULT_TOP = 5
 MAX_TOP = 100
 ECHO_CHARS = 40        # how much of a caller's string an error message quotes (trailers are small)
-MIN_PRICE, MAX_PRICE = 1e-12, 1e12   # an explicit price range lies inside (far beyond it, float products overflow)
 
 
 def quoted(text: str) -> str:
