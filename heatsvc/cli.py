@@ -20,10 +20,11 @@ COMMANDS = {
     "backtest": ("heatsvc.backtest.cli", "judge the heatmap against what happened (MODEL.md section 15) and write a report"),
 }
 DISCLAIMER = "Liquidation heatmaps are estimates: market-risk context, never a price forecast."
+SUMMARY = "heatsvc: liquidation heatmaps from exchange derivatives data, computed locally or served over gRPC."
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="heatsvc", description=__doc__.split("\n\n")[0] + " " + DISCLAIMER)
+    parser = argparse.ArgumentParser(prog="heatsvc", description=f"{SUMMARY} {DISCLAIMER}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         try:

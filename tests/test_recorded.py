@@ -73,7 +73,7 @@ def test_by_the_crash_low_the_week_of_longs_is_swept(recorded):
 
 def test_heatmap_command_prints_zones_and_writes_json(tmp_path):
     out = tmp_path / "zones.json"
-    proc = subprocess.run([sys.executable, "-m", "heatsvc.cli", "heatmap", "--end", "2025-10-10T21:00Z",
+    proc = subprocess.run([sys.executable, "-m", "heatsvc", "heatmap", "--end", "2025-10-10T21:00Z",
                            "--lookback", "3d", "--json", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "not a forecast" in proc.stdout and "binance:HYPEUSDT" in proc.stdout
