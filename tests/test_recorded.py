@@ -71,6 +71,16 @@ def test_by_the_crash_low_the_week_of_longs_is_swept(recorded):
     assert h.long[:, -1].sum() == 0 and h.off_range_long[-1] == 0
 
 
+def test_falls_in_open_interest_never_empty_the_book(recorded):
+    """Model v2: a fall in open interest closes its share of the market, so over the 14 days to the data's
+    end (one column per bar, the crash included) the book is never emptied after its first deposit."""
+    h = engine.compute_heatmap(recorded, lookback="14d", columns=4032, market="binance:HYPEUSDT")
+    book = h.long.sum(0) + h.short.sum(0) + h.off_range_long + h.off_range_short
+    first = int(np.argmax(book > 0))
+    assert book[first] > 0 and (book[first:] > 0).all()
+    assert h.balance.closed < 0.5 * h.balance.deposited
+
+
 def test_heatmap_command_prints_zones_and_writes_json(tmp_path):
     out = tmp_path / "zones.json"
     proc = subprocess.run([sys.executable, "-m", "heatsvc", "heatmap", "--end", "2025-10-10T21:00Z",
