@@ -125,26 +125,41 @@ cdef inline double snapshot_side(const Side* s, const double* scale, Py_ssize_t 
     """Write column c of one side (shown rows only) into grid (C x R, zeroed) and, if given, tiers
     (J x C x R). Returns the notional outside the shown rows: the side's total less the column's."""
     cdef Py_ssize_t k, j, a = s.lo, b = s.hi
-    cdef double f, off
+    cdef double f, f1, off
     cdef double* col = grid + c * R               # col[k - offset] is internal row k
     cdef double* tcol
     cdef const double* row
+    cdef const double* row1
     if a < offset:
         a = offset
     if b > offset + R - 1:
         b = offset + R - 1
     if b < a:
         return side_total(s, scale, J)
-    for j in range(J):
+    j = 0
+    while j < J:  # two tiers a pass: each pass reads and writes the column once
         row = s.book + j * K
         f = scale[j]
-        if j == 0:
+        if j + 1 < J:
+            row1 = s.book + (j + 1) * K
+            f1 = scale[j + 1]
+            if j == 0:
+                for k in range(a, b + 1):
+                    col[k - offset] = row[k] * f + row1[k] * f1
+            else:
+                for k in range(a, b + 1):
+                    col[k - offset] += row[k] * f + row1[k] * f1
+        elif j == 0:
             for k in range(a, b + 1):
                 col[k - offset] = row[k] * f
         else:
             for k in range(a, b + 1):
                 col[k - offset] += row[k] * f
-        if tiers != NULL:
+        j += 2
+    if tiers != NULL:
+        for j in range(J):
+            row = s.book + j * K
+            f = scale[j]
             tcol = tiers + (j * C + c) * R
             for k in range(a, b + 1):
                 tcol[k - offset] = row[k] * f
