@@ -119,11 +119,19 @@ cdef inline void fold_scale(Side* L, Side* S, double* scale, Py_ssize_t K, Py_ss
     scale[j] = 1.0
 
 
+cdef inline void clear_outside(double* col, Py_ssize_t a, Py_ssize_t b, Py_ssize_t R) noexcept nogil:
+    """Zero rows [0, a) and (b, R) of one column."""
+    if a > 0:
+        memset(col, 0, a * sizeof(double))
+    if b + 1 < R:
+        memset(col + b + 1, 0, (R - b - 1) * sizeof(double))
+
+
 cdef inline double snapshot_side(const Side* s, const double* scale, Py_ssize_t J, Py_ssize_t K,
                                  Py_ssize_t offset, Py_ssize_t R, Py_ssize_t C, Py_ssize_t c, double* grid,
                                  double* tiers) noexcept nogil:
-    """Write column c of one side (shown rows only) into grid (C x R, zeroed) and, if given, tiers
-    (J x C x R). Returns the notional outside the shown rows: the side's total less the column's."""
+    """Write column c of one side into grid (C x R) and, if given, tiers (J x C x R): every shown row,
+    so the output needs no zeroing beforehand. Returns the notional outside the shown rows."""
     cdef Py_ssize_t k, j, a = s.lo, b = s.hi
     cdef double f, f1, off
     cdef double* col = grid + c * R               # col[k - offset] is internal row k
@@ -134,6 +142,12 @@ cdef inline double snapshot_side(const Side* s, const double* scale, Py_ssize_t 
         a = offset
     if b > offset + R - 1:
         b = offset + R - 1
+    if b < a:
+        a, b = offset + R, offset + R - 1
+    clear_outside(col, a - offset, b - offset, R)
+    if tiers != NULL:
+        for j in range(J):
+            clear_outside(tiers + (j * C + c) * R, a - offset, b - offset, R)
     if b < a:
         return side_total(s, scale, J)
     j = 0
@@ -442,11 +456,11 @@ cdef object prepare(view, Job* job):
     edge_dn, edge_up = edges * (1 - EDGE_MARGIN), edges * (1 + EDGE_MARGIN)
     # scratch: the books of both sides, the balance
     work = np.zeros(2 * K * J + 5)
-    out = {"long": np.zeros((C, R)), "short": np.zeros((C, R)), "swept_long": np.zeros(C),
+    out = {"long": np.empty((C, R)), "short": np.empty((C, R)), "swept_long": np.zeros(C),
            "swept_short": np.zeros(C), "off_range_long": np.empty(C), "off_range_short": np.empty(C),
            "candles": np.full((C, 4), np.nan)}
     if view.per_tier:
-        out["per_tier_long"], out["per_tier_short"] = np.zeros((J, C, R)), np.zeros((J, C, R))
+        out["per_tier_long"], out["per_tier_short"] = np.empty((J, C, R)), np.empty((J, C, R))
     src = view.bars
     cdef const int64_t[::1] times = src["time_ms"]
     cdef double* w = mptr(work)
