@@ -322,10 +322,12 @@ def markdown(doc: dict) -> str:
             f"![Magnet test]({PLOTS['magnet']})", "",
             "The magnet test: the fraction of tested times at which the magnet was touched before its mirror, with "
             "its interval, against 0.5.", ""]
-    first = doc["lookbacks"][lbs[0]]
+    fewest = min(lbs, key=lambda lb: doc["lookbacks"][lb]["evaluations"])
+    few = doc["lookbacks"][fewest]
     out += ["## Limits", "",
             f"- One market ({data['market']}) and {data['days']:g} days. The {s['block_hours']:g} h blocks leave few "
-            f"independent blocks (for {lbs[0]}: {first['evaluations']} t_k in blocks of {s['block_evaluations']}), "
+            f"independent blocks (at {fewest}: {few['evaluations']} t_k, {few['blocks']:g} blocks of "
+            f"{s['block_evaluations']}), "
             "so the intervals are themselves rough, and bootstrap intervals from few blocks tend to be too narrow "
             "rather than too wide. Horizons of consecutive t_k overlap, which is why blocks are used at all.",
             "- The proxy is noisy: open interest falls for reasons other than liquidations (voluntary closes), and "

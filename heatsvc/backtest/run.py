@@ -234,7 +234,8 @@ def summarise(series: Series, s: Settings) -> dict:
     boot = scoring.BlockBootstrap(len(series.time_ms), s.block, s.resamples, s.seed)
     truths = sorted({tr for tr, _, _ in series.scores}, key=("proxy", "realised").index)
     cold = series.model_cold[~np.isnan(series.model_cold)]
-    out: dict = {"evaluations": int(len(series.time_ms)), "skipped": series.skipped, "truths": {},
+    out: dict = {"evaluations": int(len(series.time_ms)), "blocks": round(len(series.time_ms) / boot.block, 1),
+                 "skipped": series.skipped, "truths": {},
                  "scored_rows_without_model_heat_percent": 100 * float(cold.mean()) if len(cold) else None}
     for tr in truths:
         scored = ~np.isnan(series.scores[(tr, "model", "spearman")])
