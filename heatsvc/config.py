@@ -28,7 +28,8 @@ Example (every key optional):
     queue_depth = 8             # per-subscriber queue before it is coalesced
 
     [exchanges.binance]
-    symbols = ["BTCUSDT", "ETHUSDT"]
+    symbols = ["BTCUSDT", "ETHUSDT"]          # or patterns, e.g. ["*USDT"]: every listed USDT perpetual
+    top = 50                                  # with patterns: the 50 largest by 24 h quote volume
     base_url = "https://fapi.binance.com"
     archive_url = "https://data.binance.vision"
 
@@ -74,9 +75,10 @@ MAX_CELLS = 2_000_000
 class ExchangeConfig:
     """One exchange: the symbols served and where its REST API lives."""
     name: str
-    symbols: tuple[str, ...]
+    symbols: tuple[str, ...]       # names, or fnmatch patterns resolved by heatsvc.discovery at start
     base_url: str | None = None
     archive_url: str | None = None
+    top: int | None = None         # with patterns: keep the N largest by 24 h quote volume
 
 
 @dataclass(frozen=True)
@@ -223,14 +225,17 @@ def parse(data: dict, env: dict[str, str] | None = None) -> Config:
         if not isinstance(table, dict):
             raise ValueError(f"config: [exchanges.{name}] must be a table")
         where = f"exchanges.{name}"
-        _unknown(table, where, ("symbols", "base_url", "archive_url"))
+        _unknown(table, where, ("symbols", "base_url", "archive_url", "top"))
         symbols = _take(table, where, "symbols", list, list(DEFAULT_SYMBOLS),
-                        lambda v: all(isinstance(s, str) and s.isalnum() for s in v), "symbols are alphanumeric")
+                        lambda v: all(isinstance(s, str) and s and all(c.isalnum() or c in "*?[]" for c in s)
+                                      for s in v),
+                        "symbols are alphanumeric names or patterns with * ? [ ]")
+        top = _take(table, where, "top", int, None, lambda v: v > 0, "must be a positive integer")
         urls = dict(LIVE_URLS[name])
         for key in ("base_url", "archive_url"):
             urls[key] = _take(table, where, key, str, urls.get(key))
             urls[key] = env.get(f"HEATSVC_{name.upper()}_{key.upper()}", urls[key])
-        exchanges.append(ExchangeConfig(name, tuple(s.upper() for s in symbols), **urls))
+        exchanges.append(ExchangeConfig(name, tuple(s.upper() for s in symbols), top=top, **urls))
     if not any(ex.symbols for ex in exchanges):
         raise ValueError("config: no market configured; list symbols under [exchanges.NAME]")
     backend = _take(server, "server", "backend", str, "cython", lambda v: v in BACKENDS,

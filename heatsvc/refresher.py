@@ -126,17 +126,20 @@ class Refresher:
         self._subscribers: set[asyncio.Queue] = set()
         self._tasks: list[asyncio.Task] = []
         self._progress = None
+        self._bar = None          # the backfill's one progress task
+        self._owed = 0            # bars it covers so far
 
     # ----- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Start one task per market: backfill, then refresh every interval_s."""
         if self._tasks:
             return
-        if self.progress:
+        if self.progress:   # one bar for the whole backfill: bars fetched of bars owed, markets ready, ETA
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                       TextColumn("bars"), TimeRemainingColumn(), transient=False)
             self._progress.start()
+            self._bar = self._progress.add_task(self._progress_text(), total=0)
         self._tasks = [asyncio.create_task(self._run(m), name=f"refresh {m.name}") for m in self._markets.values()]
 
     async def stop(self) -> None:
@@ -283,9 +286,10 @@ class Refresher:
         if floor is not None:
             start = max(start, floor)
         chunks = merge_ranges(self.store.gaps(m.name, start, cur), 288 * STEP_MS, self.chunk_ms)
-        task = None
         if self._progress is not None:
-            task = self._progress.add_task(m.name, total=sum((b - a) // STEP_MS for a, b in chunks))
+            owed = sum((b - a) // STEP_MS for a, b in chunks)
+            self._owed += owed
+            self._progress.update(self._bar, total=self._owed)
         changed = False
         failed_from = cur
         for a, b in chunks:
@@ -301,8 +305,8 @@ class Refresher:
             except ExchangeUnavailable as exc:
                 self._note_skip(m, a, b, exc)
                 failed_from = min(failed_from, a)
-            if task is not None:
-                self._progress.advance(task, (b - a) // STEP_MS)
+            if self._progress is not None:
+                self._progress.advance(self._bar, (b - a) // STEP_MS)
         stored = self.store.times(m.name, start, cur)
         if len(stored) and start < stored[0] <= failed_from:
             # Every range before the first bar was asked for and came back empty: the exchange has
@@ -400,8 +404,15 @@ class Refresher:
         elif not extra_only:
             await asyncio.sleep(self.interval_s)
 
+    def _progress_text(self) -> str:
+        ready = sum(x.ready.is_set() for x in self._markets.values())
+        return f"backfill: {ready}/{len(self._markets)} markets ready"
+
     def _count_down(self, m: _Market) -> None:
-        if self._progress is not None and all(x.ready.is_set() for x in self._markets.values()):
+        if self._progress is None:
+            return
+        self._progress.update(self._bar, description=self._progress_text())
+        if all(x.ready.is_set() for x in self._markets.values()):
             self._stop_progress()
 
     def request_counts(self) -> dict[str, dict[str, int]]:

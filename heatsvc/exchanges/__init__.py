@@ -3,7 +3,7 @@
 into callers; the defaults are the live exchanges)."""
 from __future__ import annotations
 
-from .base import ExchangeClient, ExchangeError, ExchangeUnavailable
+from .base import ExchangeClient, ExchangeError, ExchangeUnavailable, Listing
 from .binance import BinanceClient
 from .bybit import BybitClient
 from .okx import OkxClient
@@ -11,7 +11,7 @@ from .okx import OkxClient
 CLIENTS: dict[str, type[ExchangeClient]] = {"binance": BinanceClient, "bybit": BybitClient, "okx": OkxClient}
 
 __all__ = ["CLIENTS", "BinanceClient", "BybitClient", "ExchangeClient", "ExchangeError", "ExchangeUnavailable",
-           "OkxClient", "make_client"]
+           "Listing", "OkxClient", "make_client"]
 
 
 def make_client(exchange: str, base_url: str | None = None, **kw) -> ExchangeClient:

@@ -14,6 +14,7 @@ import ssl
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 
 import httpx
@@ -31,6 +32,13 @@ BAN_MEMORY_S = 3600.0   # a ban within this long after the last one ended counts
 MAX_TIME_MS = 4_102_444_800_000   # 2100-01-01: a bar time past this (or before 1970) is hostile
 # What reading a payload of the wrong shape raises (a string for a number, an object for a list, ...)
 MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, ZeroDivisionError)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A USDT-margined linear perpetual the exchange lists as trading, with its 24 h quote volume (USDT)."""
+    symbol: str            # written the Binance way: BTCUSDT
+    quote_volume: float
 
 
 class ExchangeError(Exception):
@@ -235,7 +243,7 @@ class ExchangeClient:
             self.last_problem = f"{path}: {last}"
             if attempt == self.max_retries:
                 break
-            if wait is not None and not url:     # the exchange named a pause: the whole host keeps it
+            if wait and not url:                 # the exchange named a pause: the whole host keeps it
                 self.hold(wait, f"rate limited ({path}: {last})", ban=False)
                 continue
             delay = self.backoff(attempt) if wait is None else wait
@@ -347,6 +355,10 @@ class ExchangeClient:
 
     async def check_symbol(self, symbol: str) -> None:
         """Raise ExchangeError naming the symbol unless the exchange trades it as a linear perpetual."""
+        raise NotImplementedError
+
+    async def list_perpetuals(self) -> list[Listing]:
+        """Every USDT-margined linear perpetual trading now, with its 24 h quote volume (market discovery)."""
         raise NotImplementedError
 
     # ----- building bars -------------------------------------------------------------------

@@ -25,8 +25,8 @@ import numpy as np
 from .. import metrics
 from ..model.bars import STEP_MS, format_time
 from ..datasets import metrics_time_ms
-from .base import (DAY_MS, MALFORMED, ExchangeClient, ExchangeError, RateWindow, Retry, align_down, bar_time,
-                   join_by_time, listed, number, windows)
+from .base import (DAY_MS, MALFORMED, ExchangeClient, ExchangeError, Listing, RateWindow, Retry, align_down,
+                   bar_time, join_by_time, listed, number, windows)
 
 log = logging.getLogger("heatsvc.exchanges")
 
@@ -184,6 +184,19 @@ class BinanceClient(ExchangeClient):
                 for s in info["symbols"]})
         return self._contracts
 
+    async def list_perpetuals(self) -> list[Listing]:
+        """PERPETUAL contracts TRADING against USDT (exchangeInfo, read afresh), ranked by the 24 h quote
+        volume of /fapi/v1/ticker/24hr (weight 40 for all symbols)."""
+        def usdt_perpetuals(info) -> list[str]:
+            return [str(s["symbol"]) for s in info["symbols"] if s.get("contractType") == SERVED_CONTRACT
+                    and s.get("status") == "TRADING" and s.get("quoteAsset") == "USDT"]
+
+        self._contracts = None
+        symbols = await self.request("/fapi/v1/exchangeInfo", weight=1, parse=usdt_perpetuals)
+        volumes = await self.request("/fapi/v1/ticker/24hr", weight=40, parse=lambda rows: {
+            str(r["symbol"]): number(r.get("quoteVolume")) for r in listed(rows)})
+        return [Listing(symbol, volumes.get(symbol, 0.0)) for symbol in symbols]
+
     async def check_symbol(self, symbol: str) -> None:
         """Only PERPETUAL contracts that are TRADING are served: TRADIFI_PERPETUAL (stock and commodity
         perpetuals, which trade in their market's hours) and dated quarterlies are refused by name."""
@@ -315,7 +328,8 @@ class BinanceClient(ExchangeClient):
                 metrics.FETCH_ERRORS.labels(self.name, exc.kind).inc()
                 raise
             except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, csv.Error, ValueError,
-                    NotImplementedError) as exc:   # zipfile's errors for corrupt or unsupported archives
+                    NotImplementedError, IndexError) as exc:   # zipfile's errors for corrupt or unsupported
+                # archives (IndexError: a member with an empty name, which ZipInfo.is_dir indexes)
                 metrics.FETCH_ERRORS.labels(self.name, "malformed").inc()
                 log.info("binance: damaged archive %s (%s); retrying", path, exc)
                 self.retries["malformed archive"] += 1

@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 
 from ..model.bars import STEP_MS
-from .base import (MALFORMED, ExchangeClient, ExchangeError, RateWindow, Retry, align_down, bar_time, join_by_time,
-                   listed, number, windows)
+from .base import (MALFORMED, ExchangeClient, ExchangeError, Listing, RateWindow, Retry, align_down, bar_time,
+                   join_by_time, listed, number, windows)
 
 log = logging.getLogger("heatsvc.exchanges")
 
@@ -54,6 +54,7 @@ class BybitClient(ExchangeClient):
 
     name = "bybit"
     default_base_url = "https://api.bybit.com"
+    INSTRUMENTS_PER_CALL = 1000
     OI_CONVENTION = 2       # 1: openInterest as returned (both sides); 2: one side
     LEGACY_OI_FACTOR = 0.5
     BAN_FLOOR_S = 600.0    # "403, access too frequent": "wait for at least 10 minutes" (docs/v5/rate-limit)
@@ -97,6 +98,27 @@ class BybitClient(ExchangeClient):
             raise Retry(f"server error (retCode {code})")
         raise ExchangeError(self.name, f"{path}: retCode {str(code)[:20]}: {str(body.get('retMsg'))[:200]}",
                             status=response.status_code, code=code)
+
+    async def list_perpetuals(self) -> list[Listing]:
+        """LinearPerpetual instruments Trading and settled in USDT (instruments-info, 1,000 a page,
+        following nextPageCursor), ranked by the tickers' turnover24h (USDT)."""
+        def usdt_perpetuals(result) -> tuple[list[str], str | None]:
+            rows, cursor = page(result)
+            return [str(i["symbol"]) for i in rows if i.get("contractType") == "LinearPerpetual"
+                    and i.get("status") == "Trading" and i.get("settleCoin", i.get("quoteCoin")) == "USDT"], cursor
+
+        symbols, cursor = [], None
+        for _ in range(MAX_PAGES):
+            params = {"category": "linear", "limit": self.INSTRUMENTS_PER_CALL}
+            if cursor:
+                params["cursor"] = cursor
+            found, cursor = await self.request("/v5/market/instruments-info", params, parse=usdt_perpetuals)
+            symbols += found
+            if not cursor:
+                break
+        turnover = await self.request("/v5/market/tickers", {"category": "linear"}, parse=lambda result: {
+            str(t["symbol"]): number(t.get("turnover24h")) for t in listed(result.get("list"))})
+        return [Listing(symbol, turnover.get(symbol, 0.0)) for symbol in symbols]
 
     async def check_symbol(self, symbol: str) -> None:
         statuses = await self.request("/v5/market/instruments-info", {"category": "linear", "symbol": symbol},

@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 
 from ..model.bars import STEP_MS
-from .base import (MALFORMED, ExchangeClient, ExchangeError, RateWindow, Retry, align_down, bar_time, join_by_time,
-                   number, windows)
+from .base import (MALFORMED, ExchangeClient, ExchangeError, Listing, RateWindow, Retry, align_down, bar_time,
+                   join_by_time, number, windows)
 
 CANDLES_PER_CALL = 300         # history-candles answers up to 300 rows per request
 STATS_PER_CALL = 100
@@ -32,6 +32,7 @@ LIMITS = {
     "/api/v5/public/open-interest": 18,
     "/api/v5/public/mark-price": 9,
     "/api/v5/public/instruments": 18,
+    "/api/v5/market/tickers": 18,
 }
 OI_PATH = "/api/v5/rubik/stat/contracts/open-interest-history"
 RATIO_PATH = "/api/v5/rubik/stat/contracts/long-short-position-ratio-contract-top-trader"
@@ -87,20 +88,36 @@ class OkxClient(ExchangeClient):
         raise ExchangeError(self.name, f"{path}: code {code[:20]}: {str(body.get('msg'))[:200]}",
                             status=response.status_code, code=code)
 
+    async def list_perpetuals(self) -> list[Listing]:
+        """Live linear SWAP instruments settled in USDT, with their contract sizes, ranked by the 24 h
+        quote volume of /api/v5/market/tickers (volCcy24h, base, x last)."""
+        def usdt_swaps(data) -> dict[str, float]:
+            return {str(d["instId"])[:-len("-SWAP")].replace("-", ""): contract_size(d) for d in data
+                    if d.get("state") == "live" and d.get("ctType") == "linear"
+                    and str(d.get("instId", "")).endswith("-USDT-SWAP")}
+
+        sizes = await self.request("/api/v5/public/instruments", {"instType": "SWAP"}, parse=usdt_swaps)
+        volumes = await self.request("/api/v5/market/tickers", {"instType": "SWAP"}, parse=lambda rows: {
+            str(t["instId"])[:-len("-SWAP")].replace("-", ""): number(t.get("volCcy24h")) * number(t.get("last"))
+            for t in rows})
+        self.contract_size.update(sizes)
+        return [Listing(symbol, volumes.get(symbol, 0.0)) for symbol in sizes]
+
     async def check_symbol(self, symbol: str) -> None:
         inst = inst_id(symbol)
 
-        def record(data) -> dict | None:
-            return next((d for d in data if d.get("instId") == inst), None)
+        def record(data) -> tuple[str, float] | None:   # (state, contract size), read inside the answer
+            found = next((d for d in data if d.get("instId") == inst), None)
+            return None if found is None else (found.get("state", "live"), contract_size(found))
 
         try:
             found = await self.request("/api/v5/public/instruments", {"instType": "SWAP", "instId": inst},
                                        parse=record)
         except ExchangeError as exc:
             raise ExchangeError(self.name, f"symbol {symbol!r} ({inst}): {exc}", code=exc.code) from None
-        if found is None or found.get("state", "live") != "live":
+        if found is None or found[0] != "live":
             raise ExchangeError(self.name, f"symbol {symbol!r} ({inst}) is not a live swap")
-        self.contract_size[symbol] = contract_size(found)
+        self.contract_size[symbol] = found[1]
 
     async def fetch_bars(self, symbol: str, start_ms: int, end_ms: int) -> dict[str, np.ndarray]:
         inst = inst_id(symbol)

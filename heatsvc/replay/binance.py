@@ -59,6 +59,7 @@ class BinanceDialect(Dialect):
             "/fapi/v1/openInterest": (self.open_interest, 1),
             "/fapi/v1/premiumIndex": (self.premium_index, 1),
             "/fapi/v1/exchangeInfo": (self.exchange_info, 1),
+            "/fapi/v1/ticker/24hr": (self.ticker_24hr, None),
             "/fapi/v1/time": (self.server_time, 1),
             "/fapi/v1/ping": (lambda r, a: Reply(200, {}), 1),
             "/futures/data/openInterestHist": (self.oi_hist, 0),
@@ -70,7 +71,9 @@ class BinanceDialect(Dialect):
         handler, weight = route
         if applies and self.rx.draw_fault(self.rx.faults.rate_1008):
             return throttled(self.rx.draw_fault(0.5))
-        if weight is None:  # klines: weight by limit
+        if weight is None and req.path == "/fapi/v1/ticker/24hr":
+            weight = 1 if req.get("symbol") else 40
+        elif weight is None:  # klines: weight by limit
             try:
                 limit = binance_int(req, "limit") or 500
             except BadRequest as exc:
@@ -184,6 +187,22 @@ class BinanceDialect(Dialect):
         now = self.now_ms()
         oi = s.open_interest(now)
         return Reply(200, {"symbol": s.market.split(":")[1], "openInterest": num(oi or 0.0, 3), "time": now})
+
+    def ticker_24hr(self, req: Request, applies: bool) -> Reply:
+        """24 h statistics per symbol (all symbols without ?symbol=)."""
+        symbol = req.get("symbol")
+        if symbol is not None and self.series(symbol) is None:
+            raise BadRequest(binance_error(-1121, "Invalid symbol."))
+        now = self.now_ms()
+        out = []
+        for sym in [symbol] if symbol else self.symbols():
+            s = self.series(sym)
+            st, price = s.stats_24h(now), s.price(now) or 0.0
+            out.append({"symbol": sym, "priceChange": num(price - st["open"]), "lastPrice": num(price),
+                        "openPrice": num(st["open"]), "highPrice": num(st["high"]), "lowPrice": num(st["low"]),
+                        "volume": num(st["volume"], 3), "quoteVolume": num(st["quote"], 2),
+                        "openTime": now - DAY_MS, "closeTime": now})
+        return Reply(200, out[0] if symbol else out)
 
     def premium_index(self, req: Request, applies: bool) -> Reply:
         now = self.now_ms()

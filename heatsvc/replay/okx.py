@@ -32,6 +32,7 @@ class OkxDialect(Dialect):
             "/api/v5/public/mark-price": self.mark_price,
             "/api/v5/public/instruments": self.instruments,
             "/api/v5/market/ticker": self.ticker,
+            "/api/v5/market/tickers": self.tickers,
             "/api/v5/public/time": lambda r, a: okx_data([{"ts": str(self.now_ms())}]),
         }
         handler = routes.get(req.path)
@@ -148,14 +149,24 @@ class OkxDialect(Dialect):
 
     def ticker(self, req: Request, applies: bool) -> Reply:
         s, sym = self.requested(req)
+        return okx_data([self.ticker_record(s, sym)])
+
+    def tickers(self, req: Request, applies: bool) -> Reply:
+        """Every swap's ticker (instType=SWAP)."""
+        if req.get("instType") is None:
+            raise BadRequest(Reply(400, {"code": "50014", "data": [], "msg": "instType cannot be empty"}))
+        swaps = [(self.series(sym), sym) for sym in self.symbols()] if req.get("instType") == "SWAP" else []
+        return okx_data([self.ticker_record(s, sym) for s, sym in swaps])
+
+    def ticker_record(self, s: Series, sym: str) -> dict:
         now = self.now_ms()
         price = s.price(now) or 0.0
         st = s.stats_24h(now)
-        return okx_data([{"instType": "SWAP", "instId": okx_inst_id(sym), "last": num(price), "lastSz": "1",
-                          "askPx": num(price), "askSz": "1", "bidPx": num(price), "bidSz": "1",
-                          "open24h": num(st["open"]), "high24h": num(st["high"]), "low24h": num(st["low"]),
-                          "volCcy24h": num(st["volume"]), "vol24h": num(st["volume"] / okx_ct_val(sym), 4),
-                          "ts": str(now), "sodUtc0": num(st["open"]), "sodUtc8": num(st["open"])}])
+        return {"instType": "SWAP", "instId": okx_inst_id(sym), "last": num(price), "lastSz": "1",
+                "askPx": num(price), "askSz": "1", "bidPx": num(price), "bidSz": "1",
+                "open24h": num(st["open"]), "high24h": num(st["high"]), "low24h": num(st["low"]),
+                "volCcy24h": num(st["volume"]), "vol24h": num(st["volume"] / okx_ct_val(sym), 4),
+                "ts": str(now), "sodUtc0": num(st["open"]), "sodUtc8": num(st["open"])}
 
 
 def okx_inst_id(symbol: str) -> str:

@@ -107,6 +107,7 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     gracefully (health NOT_SERVING, streams end with OK, refresher stopped, store closed)."""
     from ..model.bars import parse_time
     from ..config import with_overrides
+    from ..discovery import discover
     from ..exchanges import make_client
     from ..refresher import Refresher
     from ..replay import ReplayExchange
@@ -144,6 +145,7 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
                 if now_ms is not None:   # the demo's clients run on the replay clock too
                     extra["now_ms"] = now_ms
                 clients[ex.name] = make_client(ex.name, ex.base_url, **extra)
+        config = await discover(config, clients)   # symbol patterns and `top` become symbols
         refresher = Refresher(store, clients, config.markets, interval_s=config.refresh_interval_s,
                               history_days=config.history_days, progress=progress, now_ms=now_ms)
         server = Server(config, store, refresher)
