@@ -57,12 +57,15 @@ def config_for(replay: ReplayExchange, **limits):
 class Stack:
     """Replay exchange, store, refresher and gRPC server on loopback; the asyncio parts run on a
     loop in a background thread so the tests can use the ordinary blocking gRPC client.
-    `server` changes Config fields (TLS, token_file); `credentials` makes the channel a TLS one."""
+    `server` changes Config fields (TLS, token_file); `credentials` makes the channel a TLS one;
+    `config` replaces the default configuration (config_for)."""
 
     def __init__(self, replay: ReplayExchange, store_path, *, start_refresher=True, auth_token=None,
-                 server: dict | None = None, credentials: grpc.ChannelCredentials | None = None, **limits):
+                 server: dict | None = None, credentials: grpc.ChannelCredentials | None = None,
+                 config=None, **limits):
         self.replay = replay
-        self.config = with_overrides(config_for(replay, **limits), auth_token=auth_token, **(server or {}))
+        config = config_for(replay, **limits) if config is None else config
+        self.config = with_overrides(config, auth_token=auth_token, **(server or {}))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()

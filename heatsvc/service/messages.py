@@ -5,12 +5,15 @@ import numpy as np
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from ..model import zones as zonelib
+from ..model.confluence import Level
 from ..model.engine import Heatmap, ModelParams
+from ..model.events import KINDS, ZoneEvent
 from ..v1 import heatmap_service_pb2 as pb
 from .views import GridOpts, ViewKey, ZoneOpts
 
 SIDES = {"short": pb.ZONE_SIDE_SHORT, "long": pb.ZONE_SIDE_LONG}
 SKEW = {"UP": pb.SKEW_LABEL_UP, "DOWN": pb.SKEW_LABEL_DOWN, "BALANCED": pb.SKEW_LABEL_BALANCED}
+EVENT_KINDS = {name: getattr(pb, f"ZONE_EVENT_KIND_{name}") for name in KINDS}
 STATUS = {"loading": pb.MARKET_STATUS_LOADING, "ok": pb.MARKET_STATUS_OK,
           "degraded": pb.MARKET_STATUS_DEGRADED, "failing": pb.MARKET_STATUS_FAILING}
 
@@ -66,10 +69,16 @@ def zone(z: zonelib.Zone) -> pb.Zone:
                    proximity_weight=z.proximity)
 
 
-def zone_report(key: ViewKey, hm: Heatmap, price: float, opts: ZoneOpts) -> pb.ZoneReport:
-    """MODEL.md section 9 on the view's newest column at `price`, with the outward cumulative curves."""
-    rep = zonelib.column_zones(hm.long[:, -1], hm.short[:, -1], hm.price_edges, price,
-                               threshold=opts.threshold, top=opts.top)
+def read_zones(hm: Heatmap, price: float, opts: ZoneOpts) -> zonelib.ZoneReport:
+    """MODEL.md section 9 on the view's newest column at `price`."""
+    return zonelib.column_zones(hm.long[:, -1], hm.short[:, -1], hm.price_edges, price,
+                                threshold=opts.threshold, top=opts.top)
+
+
+def zone_report(key: ViewKey, hm: Heatmap, price: float, opts: ZoneOpts,
+                rep: zonelib.ZoneReport | None = None) -> pb.ZoneReport:
+    """The zone report message, with the outward cumulative curves (`rep` when already read)."""
+    rep = read_zones(hm, price, opts) if rep is None else rep
     centres = hm.row_centres
     below = np.flatnonzero(centres < price)[::-1]
     above = np.flatnonzero(centres > price)
@@ -83,3 +92,22 @@ def zone_report(key: ViewKey, hm: Heatmap, price: float, opts: ZoneOpts) -> pb.Z
     if rep.magnet is not None:
         msg.magnet.CopyFrom(zone(rep.magnet))
     return msg
+
+
+def zone_event(ev: ZoneEvent, key: ViewKey, index: int, data_time_ms: int, price: float) -> pb.ZoneEvent:
+    msg = pb.ZoneEvent(kind=EVENT_KINDS[ev.kind], market=key.market, lookback=key.lookback,
+                       data_time=timestamp(data_time_ms), price=price, view_index=index)
+    if ev.zone is not None:
+        msg.zone.CopyFrom(zone(ev.zone))
+    if ev.previous is not None:
+        msg.previous_zone.CopyFrom(zone(ev.previous))
+    if ev.kind == "SKEW_FLIPPED":
+        msg.skew_label, msg.previous_skew_label = SKEW[ev.skew_label], SKEW[ev.previous_skew_label]
+    if ev.kind == "PRICE_NEAR":
+        msg.distance_pct = ev.distance_pct
+    return msg
+
+
+def confluence_level(level: Level) -> pb.ConfluenceLevel:
+    return pb.ConfluenceLevel(side=SIDES[level.side], price_low=level.price_low, price_high=level.price_high,
+                              lookbacks=level.lookbacks, score=level.score, notional=level.notional)

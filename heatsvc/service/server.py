@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import math
 
@@ -20,12 +21,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .. import metrics
+from ..model.confluence import confluence
 from ..model.engine import DAY_MS, LOOKBACKS, Heatmap, compute_aggregate, compute_heatmap
+from ..model.events import Traded
 from ..v1 import heatmap_service_pb2 as pb
 from . import auth, messages
 from .errors import RequestError, exhausted, invalid, unavailable
-from .streams import ViewTopic, ZonesTopic
-from .views import Catalogue, ViewKey, check_all, grid_opts, zone_opts
+from .streams import EventsTopic, ViewTopic, ZonesTopic
+from .views import Catalogue, ViewKey, check_all, event_opts, grid_opts, zone_opts
 
 log = logging.getLogger("heatsvc.service")
 SERVICE = pb.DESCRIPTOR.services_by_name["HeatmapService"].full_name
@@ -35,6 +38,8 @@ RESPONSE_CACHE_MAX = 8 << 20   # larger responses are not kept
 HEALTH_POLL_S = 0.5
 MAX_PENDING = 64               # distinct views waiting for a computation slot
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+STREAM_METHODS = {"view": "StreamHeatmap", "zones": "StreamZones", "events": "StreamZoneEvents"}
+EVENT_KIND_NAMES = {v: k for k, v in messages.EVENT_KINDS.items()}
 
 
 def _nbytes(hm: Heatmap) -> int:
@@ -224,6 +229,20 @@ class HeatmapService:
         i = int(np.searchsorted(bars["time_ms"], start_ms))
         return {k: a[i:] for k, a in bars.items()}
 
+    def traded(self, key: ViewKey, since_ms: int, until_ms: int) -> Traded | None:
+        """The range the view's markets traded in bars opening from since_ms (that bar may have been
+        forming then) to until_ms; None without such bars."""
+        highs, lows = [], []
+        for m in key.components:
+            if m not in self._bars:
+                continue
+            bars = self._stored_bars(m, since_ms)
+            inside = bars["time_ms"] <= until_ms
+            if inside.any():
+                highs.append(float(bars["high"][inside].max()))
+                lows.append(float(bars["low"][inside].min()))
+        return Traded(high=max(highs), low=min(lows)) if highs else None
+
     def price(self, key: ViewKey, hm: Heatmap) -> float:
         """The current price: the refresher's latest (mean over an aggregate's exchanges), else the last close."""
         known = [self.prices[m] for m in hm.markets if m in self.prices]
@@ -285,17 +304,41 @@ class HeatmapService:
 
     async def GetZones(self, request, context) -> bytes:
         async def produce():
-            key, zopts = check_all(lambda: self.catalogue.view(request.view),
-                                   lambda: zone_opts(request.zone_options))
+            key, zopts, lookbacks = check_all(
+                lambda: self.catalogue.view(request.view), lambda: zone_opts(request.zone_options),
+                lambda: self.catalogue.lookback_set(request.confluence_lookbacks, "confluence_lookbacks")
+                if request.confluence_lookbacks else ())
             hm = await self.heatmap(key)
             price = self.price(key, hm)
-            ck = ("zones", key, self.data_version(key), price, zopts)
+            ck = ("zones", key, self.data_version(key), price, zopts, lookbacks)
             if ck in self._responses:
                 self._responses.move_to_end(ck)
                 return self._responses[ck]
             msg = pb.GetZonesResponse(zones=messages.zone_report(key, hm, price, zopts))
+            if lookbacks:
+                _, levels = await self._confluence(key, lookbacks, zopts)
+                msg.confluence.extend(levels)
             return self._remember(ck, msg.SerializeToString())
         return await self._unary(context, produce)
+
+    async def GetConfluence(self, request, context) -> bytes:
+        async def produce():
+            view = pb.View(market=request.market, lookback=self.catalogue.lookbacks[0], rows=request.rows,
+                           columns=request.columns)
+            key, zopts, lookbacks = check_all(lambda: self.catalogue.view(view, "request"),
+                                              lambda: zone_opts(request.zone_options),
+                                              lambda: self.catalogue.lookback_set(request.lookbacks, "lookbacks"))
+            price, levels = await self._confluence(key, lookbacks, zopts)
+            return pb.GetConfluenceResponse(price=price, levels=levels).SerializeToString()
+        return await self._unary(context, produce)
+
+    async def _confluence(self, key: ViewKey, lookbacks: tuple[str, ...], zopts) -> tuple[float, list]:
+        """MODEL.md section 14 over the lookbacks of key's market (its grid), all read at one price."""
+        keys = [dataclasses.replace(key, lookback=lb) for lb in lookbacks]
+        heatmaps = await asyncio.gather(*(self.heatmap(k) for k in keys))
+        price = self.price(keys[0], heatmaps[0])
+        reports = {lb: messages.read_zones(hm, price, zopts) for lb, hm in zip(lookbacks, heatmaps)}
+        return price, [messages.confluence_level(v) for v in confluence(reports)]
 
     def _check_heatmap_request(self, request):
         return check_all(lambda: self.catalogue.view(request.view, per_tier=request.include_tiers),
@@ -310,15 +353,27 @@ class HeatmapService:
         async for data in self._stream(context, make):
             yield data
 
+    def _check_views(self, request, *more) -> list:
+        """The views of a StreamZones or StreamZoneEvents request and their zone options (then `more`)."""
+        limit = self.config.limits.max_stream_views
+        if not 1 <= len(request.views) <= limit:
+            raise invalid([("views", f"give between 1 and {limit} views, got {len(request.views)}")])
+        checks = [lambda i=i, v=v: self.catalogue.view(v, f"views[{i}]") for i, v in enumerate(request.views)]
+        return check_all(*checks, lambda: zone_opts(request.zone_options), *more)
+
     async def StreamZones(self, request, context):
         def make():
-            limit = self.config.limits.max_stream_views
-            if not 1 <= len(request.views) <= limit:
-                raise invalid([("views", f"give between 1 and {limit} views, got {len(request.views)}")])
-            checks = [lambda i=i, v=v: self.catalogue.view(v, f"views[{i}]") for i, v in enumerate(request.views)]
-            *keys, zopts = check_all(*checks, lambda: zone_opts(request.zone_options))
+            *keys, zopts = self._check_views(request)
             return ("zones", tuple(keys), zopts), lambda: ZonesTopic(self, tuple(keys), zopts,
                                                                      self.config.limits.queue_depth)
+        async for data in self._stream(context, make):
+            yield data
+
+    async def StreamZoneEvents(self, request, context):
+        def make():
+            *keys, zopts, eopts = self._check_views(request, lambda: event_opts(request, EVENT_KIND_NAMES))
+            return ("events", tuple(keys), zopts, eopts), lambda: EventsTopic(self, tuple(keys), zopts, eopts,
+                                                                              self.config.limits.queue_depth)
         async for data in self._stream(context, make):
             yield data
 
@@ -331,7 +386,7 @@ class HeatmapService:
         except RequestError as exc:
             await context.abort_with_status(exc.status())
             return
-        active = metrics.ACTIVE_STREAMS.labels("StreamZones" if tkey[0] == "zones" else "StreamHeatmap")
+        active = metrics.ACTIVE_STREAMS.labels(STREAM_METHODS[tkey[0]])
         active.inc()
         try:
             yield topic.snapshot()
@@ -408,6 +463,8 @@ class HeatmapService:
             "GetZones": unary(self.GetZones, pb.GetZonesRequest),
             "StreamHeatmap": stream(self.StreamHeatmap, pb.StreamHeatmapRequest),
             "StreamZones": stream(self.StreamZones, pb.StreamZonesRequest),
+            "StreamZoneEvents": stream(self.StreamZoneEvents, pb.StreamZoneEventsRequest),
+            "GetConfluence": unary(self.GetConfluence, pb.GetConfluenceRequest),
         })
 
 

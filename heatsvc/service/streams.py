@@ -1,12 +1,14 @@
-"""The two kinds of shared stream: one view's heatmap/zone updates, and many views' zone reports."""
+"""The kinds of shared stream: one view's heatmap/zone updates, many views' zone reports, and many views'
+zone events."""
 from __future__ import annotations
 
 import asyncio
 
+from ..model.events import first_near_state, zone_events
 from ..v1 import heatmap_service_pb2 as pb
 from . import messages
 from .fanout import Topic
-from .views import GridOpts, ViewKey, ZoneOpts
+from .views import EventOpts, GridOpts, ViewKey, ZoneOpts
 
 
 class ViewTopic(Topic):
@@ -95,3 +97,58 @@ class ZonesTopic(Topic):
 
     def skip_suffix(self, skipped: int) -> bytes:
         return pb.StreamZonesResponse(gap_skipped=True, skipped_updates=skipped).SerializeToString()
+
+
+class EventsTopic(Topic):
+    """StreamZoneEvents: every view's zone report first, then the events (MODEL.md section 13) of the
+    views each refresh gave a new data version, in one message; nothing when no event was asked for."""
+
+    def __init__(self, service, keys: tuple[ViewKey, ...], zopts: ZoneOpts, eopts: EventOpts, depth: int):
+        super().__init__({m for k in keys for m in k.components}, depth)
+        self.service, self.keys, self.zopts, self.eopts = service, keys, zopts, eopts
+        self.debounce_s = 0.05
+        n = len(keys)
+        self.versions: list[tuple | None] = [None] * n
+        self.heatmaps = [None] * n
+        self.reports = [None] * n        # the model's reports, compared from one version to the next
+        self.near = [None] * n           # PRICE_NEAR hysteresis per view
+        self.report_msgs: list[pb.ZoneReport | None] = [None] * n
+
+    async def _advance(self) -> list:
+        """Read every view whose data version changed; returns its events as messages."""
+        versions = [self.service.data_version(k) for k in self.keys]
+        heatmaps = await asyncio.gather(*(self.service.heatmap(k) for k in self.keys))
+        out = []
+        for i, (key, hm, version) in enumerate(zip(self.keys, heatmaps, versions)):
+            if version == self.versions[i] and self.report_msgs[i] is not None:
+                continue
+            price = self.service.price(key, hm)
+            rep = messages.read_zones(hm, price, self.zopts)
+            if self.reports[i] is None:
+                self.near[i] = first_near_state(rep, self.eopts.near_pct)
+            else:
+                traded = self.service.traded(key, self.heatmaps[i].time_end_ms, hm.time_end_ms)
+                events, self.near[i] = zone_events(self.reports[i], rep, traded, self.near[i], self.eopts.near_pct)
+                out += [messages.zone_event(ev, key, i, hm.time_end_ms, price) for ev in events
+                        if ev.kind in self.eopts.kinds]
+            self.versions[i], self.heatmaps[i], self.reports[i] = version, hm, rep
+            self.report_msgs[i] = messages.zone_report(key, hm, price, self.zopts, rep)
+        return out
+
+    async def initial(self) -> None:
+        await self._advance()
+
+    async def refresh(self):
+        events = await self._advance()
+        if not events:
+            return None
+        self.sequence += 1
+        return pb.StreamZoneEventsResponse(sequence=self.sequence, kind=pb.UPDATE_KIND_ZONES, events=events)
+
+    def snapshot_message(self):
+        return pb.StreamZoneEventsResponse(sequence=self.sequence, kind=pb.UPDATE_KIND_SNAPSHOT,
+                                           reports=[pb.ViewZones(view_index=i, zones=r)
+                                                    for i, r in enumerate(self.report_msgs)])
+
+    def skip_suffix(self, skipped: int) -> bytes:
+        return pb.StreamZoneEventsResponse(gap_skipped=True, skipped_updates=skipped).SerializeToString()

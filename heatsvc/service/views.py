@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..model.engine import MAX_COLUMNS, MAX_PRICE, MAX_ROWS, MIN_PRICE
+from ..model.events import KINDS, NEAR_PCT
 from .errors import RequestError, invalid, not_found
 
 DEFAULT_ROWS = 400
@@ -11,6 +12,7 @@ DEFAULT_COLUMNS = 288
 DEFAULT_THRESHOLD = 0.2
 DEFAULT_TOP = 5
 MAX_TOP = 100
+MAX_NEAR_PCT = 50.0
 ECHO_CHARS = 40        # how much of a caller's string an error message quotes (trailers are small)
 
 
@@ -39,6 +41,13 @@ class ViewKey:
 class ZoneOpts:
     threshold: float = DEFAULT_THRESHOLD
     top: int = DEFAULT_TOP
+
+
+@dataclass(frozen=True)
+class EventOpts:
+    """What a zone-event stream tells: the PRICE_NEAR distance and the kinds of event."""
+    near_pct: float = NEAR_PCT
+    kinds: frozenset[str] = frozenset(KINDS)
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,20 @@ class Catalogue:
             raise invalid(bad)
         return ViewKey(msg.market, components, msg.lookback, rows, columns, price_range, per_tier)
 
+    def lookback_set(self, names, field: str) -> tuple[str, ...]:
+        """Lookbacks to compare for confluence: the offered ones named (at least two), or all for
+        none or "all"; INVALID_ARGUMENT names any not offered."""
+        names = list(names)
+        if not names or names == ["all"]:
+            return tuple(self.lookbacks)
+        unknown = [quoted(n) for n in names if n not in self.lookbacks]
+        if unknown:
+            raise invalid([(field, f"lookback(s) {', '.join(unknown)} not offered; use {', '.join(self.lookbacks)}")])
+        names = list(dict.fromkeys(names))
+        if len(names) < 2:
+            raise invalid([(field, f"confluence compares at least two lookbacks, got {len(names)}")])
+        return tuple(names)
+
 
 def zone_opts(msg, field: str = "zone_options") -> ZoneOpts:
     """Validate heatsvc.v1.ZoneOptions (threshold in [0, 1), top <= 100)."""
@@ -124,6 +147,21 @@ def zone_opts(msg, field: str = "zone_options") -> ZoneOpts:
     if bad:
         raise invalid(bad)
     return ZoneOpts(threshold, top)
+
+
+def event_opts(request, kind_names: dict[int, str]) -> EventOpts:
+    """Validate a StreamZoneEvents request's near_pct (in (0, 50]) and kinds (known enum values)."""
+    bad = []
+    near = request.near_pct if request.HasField("near_pct") else NEAR_PCT
+    if not 0 < near <= MAX_NEAR_PCT:  # NaN fails too
+        bad.append(("near_pct", f"near_pct must be in (0, {MAX_NEAR_PCT:g}], got {near}"))
+    unknown = [k for k in request.kinds if k not in kind_names]
+    if unknown:
+        bad.append(("kinds", f"unknown zone event kind(s) {unknown}; use {', '.join(kind_names.values())}"))
+    if bad:
+        raise invalid(bad)
+    kinds = frozenset(kind_names[k] for k in request.kinds) or frozenset(KINDS)
+    return EventOpts(near, kinds)
 
 
 def grid_opts(request) -> GridOpts:

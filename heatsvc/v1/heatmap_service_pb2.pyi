@@ -38,6 +38,15 @@ class UpdateKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UPDATE_KIND_SNAPSHOT: _ClassVar[UpdateKind]
     UPDATE_KIND_HEATMAP: _ClassVar[UpdateKind]
     UPDATE_KIND_ZONES: _ClassVar[UpdateKind]
+
+class ZoneEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ZONE_EVENT_KIND_UNSPECIFIED: _ClassVar[ZoneEventKind]
+    ZONE_EVENT_KIND_ZONE_NEW: _ClassVar[ZoneEventKind]
+    ZONE_EVENT_KIND_ZONE_SWEPT: _ClassVar[ZoneEventKind]
+    ZONE_EVENT_KIND_PRICE_NEAR: _ClassVar[ZoneEventKind]
+    ZONE_EVENT_KIND_MAGNET_CHANGED: _ClassVar[ZoneEventKind]
+    ZONE_EVENT_KIND_SKEW_FLIPPED: _ClassVar[ZoneEventKind]
 MARKET_STATUS_UNSPECIFIED: MarketStatus
 MARKET_STATUS_LOADING: MarketStatus
 MARKET_STATUS_OK: MarketStatus
@@ -54,6 +63,12 @@ UPDATE_KIND_UNSPECIFIED: UpdateKind
 UPDATE_KIND_SNAPSHOT: UpdateKind
 UPDATE_KIND_HEATMAP: UpdateKind
 UPDATE_KIND_ZONES: UpdateKind
+ZONE_EVENT_KIND_UNSPECIFIED: ZoneEventKind
+ZONE_EVENT_KIND_ZONE_NEW: ZoneEventKind
+ZONE_EVENT_KIND_ZONE_SWEPT: ZoneEventKind
+ZONE_EVENT_KIND_PRICE_NEAR: ZoneEventKind
+ZONE_EVENT_KIND_MAGNET_CHANGED: ZoneEventKind
+ZONE_EVENT_KIND_SKEW_FLIPPED: ZoneEventKind
 
 class PriceRange(_message.Message):
     __slots__ = ("low", "high")
@@ -308,18 +323,22 @@ class GetHeatmapResponse(_message.Message):
     def __init__(self, heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., zones: _Optional[_Union[ZoneReport, _Mapping]] = ...) -> None: ...
 
 class GetZonesRequest(_message.Message):
-    __slots__ = ("view", "zone_options")
+    __slots__ = ("view", "zone_options", "confluence_lookbacks")
     VIEW_FIELD_NUMBER: _ClassVar[int]
     ZONE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CONFLUENCE_LOOKBACKS_FIELD_NUMBER: _ClassVar[int]
     view: View
     zone_options: ZoneOptions
-    def __init__(self, view: _Optional[_Union[View, _Mapping]] = ..., zone_options: _Optional[_Union[ZoneOptions, _Mapping]] = ...) -> None: ...
+    confluence_lookbacks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, view: _Optional[_Union[View, _Mapping]] = ..., zone_options: _Optional[_Union[ZoneOptions, _Mapping]] = ..., confluence_lookbacks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetZonesResponse(_message.Message):
-    __slots__ = ("zones",)
+    __slots__ = ("zones", "confluence")
     ZONES_FIELD_NUMBER: _ClassVar[int]
+    CONFLUENCE_FIELD_NUMBER: _ClassVar[int]
     zones: ZoneReport
-    def __init__(self, zones: _Optional[_Union[ZoneReport, _Mapping]] = ...) -> None: ...
+    confluence: _containers.RepeatedCompositeFieldContainer[ConfluenceLevel]
+    def __init__(self, zones: _Optional[_Union[ZoneReport, _Mapping]] = ..., confluence: _Optional[_Iterable[_Union[ConfluenceLevel, _Mapping]]] = ...) -> None: ...
 
 class StreamHeatmapRequest(_message.Message):
     __slots__ = ("view", "zone_options", "zones_only", "boost", "include_tiers", "include_candles", "include_intensity")
@@ -384,3 +403,95 @@ class StreamZonesResponse(_message.Message):
     gap_skipped: bool
     skipped_updates: int
     def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., reports: _Optional[_Iterable[_Union[ViewZones, _Mapping]]] = ..., gap_skipped: _Optional[bool] = ..., skipped_updates: _Optional[int] = ...) -> None: ...
+
+class ZoneEvent(_message.Message):
+    __slots__ = ("kind", "market", "lookback", "data_time", "price", "zone", "previous_zone", "skew_label", "previous_skew_label", "distance_pct", "view_index")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MARKET_FIELD_NUMBER: _ClassVar[int]
+    LOOKBACK_FIELD_NUMBER: _ClassVar[int]
+    DATA_TIME_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_ZONE_FIELD_NUMBER: _ClassVar[int]
+    SKEW_LABEL_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SKEW_LABEL_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_PCT_FIELD_NUMBER: _ClassVar[int]
+    VIEW_INDEX_FIELD_NUMBER: _ClassVar[int]
+    kind: ZoneEventKind
+    market: str
+    lookback: str
+    data_time: _timestamp_pb2.Timestamp
+    price: float
+    zone: Zone
+    previous_zone: Zone
+    skew_label: SkewLabel
+    previous_skew_label: SkewLabel
+    distance_pct: float
+    view_index: int
+    def __init__(self, kind: _Optional[_Union[ZoneEventKind, str]] = ..., market: _Optional[str] = ..., lookback: _Optional[str] = ..., data_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., price: _Optional[float] = ..., zone: _Optional[_Union[Zone, _Mapping]] = ..., previous_zone: _Optional[_Union[Zone, _Mapping]] = ..., skew_label: _Optional[_Union[SkewLabel, str]] = ..., previous_skew_label: _Optional[_Union[SkewLabel, str]] = ..., distance_pct: _Optional[float] = ..., view_index: _Optional[int] = ...) -> None: ...
+
+class StreamZoneEventsRequest(_message.Message):
+    __slots__ = ("views", "zone_options", "near_pct", "kinds")
+    VIEWS_FIELD_NUMBER: _ClassVar[int]
+    ZONE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEAR_PCT_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    views: _containers.RepeatedCompositeFieldContainer[View]
+    zone_options: ZoneOptions
+    near_pct: float
+    kinds: _containers.RepeatedScalarFieldContainer[ZoneEventKind]
+    def __init__(self, views: _Optional[_Iterable[_Union[View, _Mapping]]] = ..., zone_options: _Optional[_Union[ZoneOptions, _Mapping]] = ..., near_pct: _Optional[float] = ..., kinds: _Optional[_Iterable[_Union[ZoneEventKind, str]]] = ...) -> None: ...
+
+class StreamZoneEventsResponse(_message.Message):
+    __slots__ = ("sequence", "kind", "events", "reports", "gap_skipped", "skipped_updates")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    GAP_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    kind: UpdateKind
+    events: _containers.RepeatedCompositeFieldContainer[ZoneEvent]
+    reports: _containers.RepeatedCompositeFieldContainer[ViewZones]
+    gap_skipped: bool
+    skipped_updates: int
+    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., events: _Optional[_Iterable[_Union[ZoneEvent, _Mapping]]] = ..., reports: _Optional[_Iterable[_Union[ViewZones, _Mapping]]] = ..., gap_skipped: _Optional[bool] = ..., skipped_updates: _Optional[int] = ...) -> None: ...
+
+class ConfluenceLevel(_message.Message):
+    __slots__ = ("side", "price_low", "price_high", "lookbacks", "score", "notional")
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    PRICE_LOW_FIELD_NUMBER: _ClassVar[int]
+    PRICE_HIGH_FIELD_NUMBER: _ClassVar[int]
+    LOOKBACKS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    side: ZoneSide
+    price_low: float
+    price_high: float
+    lookbacks: _containers.RepeatedScalarFieldContainer[str]
+    score: int
+    notional: float
+    def __init__(self, side: _Optional[_Union[ZoneSide, str]] = ..., price_low: _Optional[float] = ..., price_high: _Optional[float] = ..., lookbacks: _Optional[_Iterable[str]] = ..., score: _Optional[int] = ..., notional: _Optional[float] = ...) -> None: ...
+
+class GetConfluenceRequest(_message.Message):
+    __slots__ = ("market", "lookbacks", "rows", "columns", "zone_options")
+    MARKET_FIELD_NUMBER: _ClassVar[int]
+    LOOKBACKS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    ZONE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    market: str
+    lookbacks: _containers.RepeatedScalarFieldContainer[str]
+    rows: int
+    columns: int
+    zone_options: ZoneOptions
+    def __init__(self, market: _Optional[str] = ..., lookbacks: _Optional[_Iterable[str]] = ..., rows: _Optional[int] = ..., columns: _Optional[int] = ..., zone_options: _Optional[_Union[ZoneOptions, _Mapping]] = ...) -> None: ...
+
+class GetConfluenceResponse(_message.Message):
+    __slots__ = ("price", "levels")
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    price: float
+    levels: _containers.RepeatedCompositeFieldContainer[ConfluenceLevel]
+    def __init__(self, price: _Optional[float] = ..., levels: _Optional[_Iterable[_Union[ConfluenceLevel, _Mapping]]] = ...) -> None: ...

@@ -5,7 +5,7 @@ import warnings
 
 from heatsvc.v1 import heatmap_service_pb2 as heatsvc_dot_v1_dot_heatmap__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -29,8 +29,9 @@ class HeatmapServiceStub:
     """HeatmapService serves estimated liquidation heatmaps and the zones a trader reads off them.
     Errors: NOT_FOUND for an unknown market or exchange; INVALID_ARGUMENT (with google.rpc.BadRequest
     field violations naming the field) for a bad view; UNAVAILABLE while a market's data is still
-    loading; RESOURCE_EXHAUSTED when the server holds too many streams; UNAUTHENTICATED when the
-    server requires a token ("authorization: Bearer TOKEN" metadata) and it is missing or wrong.
+    loading; RESOURCE_EXHAUSTED when the server, or the caller's token, holds its limit of streams;
+    UNAUTHENTICATED when the server requires a token ("authorization: Bearer TOKEN" metadata) and it
+    is missing or wrong (grpc.health.v1 health checks never need one).
     """
 
     def __init__(self, channel):
@@ -64,14 +65,25 @@ class HeatmapServiceStub:
                 request_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamZonesRequest.SerializeToString,
                 response_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamZonesResponse.FromString,
                 _registered_method=True)
+        self.StreamZoneEvents = channel.unary_stream(
+                '/heatsvc.v1.HeatmapService/StreamZoneEvents',
+                request_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamZoneEventsRequest.SerializeToString,
+                response_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamZoneEventsResponse.FromString,
+                _registered_method=True)
+        self.GetConfluence = channel.unary_unary(
+                '/heatsvc.v1.HeatmapService/GetConfluence',
+                request_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetConfluenceRequest.SerializeToString,
+                response_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetConfluenceResponse.FromString,
+                _registered_method=True)
 
 
 class HeatmapServiceServicer:
     """HeatmapService serves estimated liquidation heatmaps and the zones a trader reads off them.
     Errors: NOT_FOUND for an unknown market or exchange; INVALID_ARGUMENT (with google.rpc.BadRequest
     field violations naming the field) for a bad view; UNAVAILABLE while a market's data is still
-    loading; RESOURCE_EXHAUSTED when the server holds too many streams; UNAUTHENTICATED when the
-    server requires a token ("authorization: Bearer TOKEN" metadata) and it is missing or wrong.
+    loading; RESOURCE_EXHAUSTED when the server, or the caller's token, holds its limit of streams;
+    UNAUTHENTICATED when the server requires a token ("authorization: Bearer TOKEN" metadata) and it
+    is missing or wrong (grpc.health.v1 health checks never need one).
     """
 
     def ListMarkets(self, request, context):
@@ -109,6 +121,22 @@ class HeatmapServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamZoneEvents(self, request, context):
+        """What changed in each of many views at every new data version (MODEL.md section 13): zones new
+        and swept, the price nearing a zone, the magnet moving, the skew flipping. Each view's current
+        zone report first, then one message per refresh with the events of the views it changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConfluence(self, request, context):
+        """Price levels where the top zones of several lookbacks of one market overlap (MODEL.md section 14).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HeatmapServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +165,16 @@ def add_HeatmapServiceServicer_to_server(servicer, server):
                     request_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamZonesRequest.FromString,
                     response_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamZonesResponse.SerializeToString,
             ),
+            'StreamZoneEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamZoneEvents,
+                    request_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamZoneEventsRequest.FromString,
+                    response_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamZoneEventsResponse.SerializeToString,
+            ),
+            'GetConfluence': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfluence,
+                    request_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetConfluenceRequest.FromString,
+                    response_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetConfluenceResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'heatsvc.v1.HeatmapService', rpc_method_handlers)
@@ -149,8 +187,9 @@ class HeatmapService:
     """HeatmapService serves estimated liquidation heatmaps and the zones a trader reads off them.
     Errors: NOT_FOUND for an unknown market or exchange; INVALID_ARGUMENT (with google.rpc.BadRequest
     field violations naming the field) for a bad view; UNAVAILABLE while a market's data is still
-    loading; RESOURCE_EXHAUSTED when the server holds too many streams; UNAUTHENTICATED when the
-    server requires a token ("authorization: Bearer TOKEN" metadata) and it is missing or wrong.
+    loading; RESOURCE_EXHAUSTED when the server, or the caller's token, holds its limit of streams;
+    UNAUTHENTICATED when the server requires a token ("authorization: Bearer TOKEN" metadata) and it
+    is missing or wrong (grpc.health.v1 health checks never need one).
     """
 
     @staticmethod
@@ -278,6 +317,60 @@ class HeatmapService:
             '/heatsvc.v1.HeatmapService/StreamZones',
             heatsvc_dot_v1_dot_heatmap__service__pb2.StreamZonesRequest.SerializeToString,
             heatsvc_dot_v1_dot_heatmap__service__pb2.StreamZonesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamZoneEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/heatsvc.v1.HeatmapService/StreamZoneEvents',
+            heatsvc_dot_v1_dot_heatmap__service__pb2.StreamZoneEventsRequest.SerializeToString,
+            heatsvc_dot_v1_dot_heatmap__service__pb2.StreamZoneEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfluence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heatsvc.v1.HeatmapService/GetConfluence',
+            heatsvc_dot_v1_dot_heatmap__service__pb2.GetConfluenceRequest.SerializeToString,
+            heatsvc_dot_v1_dot_heatmap__service__pb2.GetConfluenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,138 @@
+"""StreamZoneEvents, GetConfluence and GetZones' confluence on a real server fed by the replay exchange
+with the recorded HYPEUSDT crash of 2025-10-10: the stream is followed across the crash, bar by bar."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import datetime, timezone
+
+import grpc
+import pytest
+
+from heatsvc import datasets
+from heatsvc.config import parse
+from heatsvc.model import confluence as conflib
+from heatsvc.replay import ReplayExchange
+from heatsvc.service import messages
+from heatsvc.service.errors import field_violations
+from heatsvc.service.views import ZoneOpts
+from heatsvc.v1 import heatmap_service_pb2 as pb
+from test_service import STEP, Stack
+
+MARKET = "binance:HYPEUSDT"
+
+
+def ms(*args) -> int:
+    return int(datetime(*args, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+START = ms(2025, 10, 10, 20, 30) + 150_000   # mid-bar, fifty minutes before the crash's low at 21:20
+
+
+def crash_config(replay):
+    """The recorded HYPEUSDT market only, lookbacks 12h and 1d."""
+    return parse({"server": {"backend": "cython"},
+                  "data": {"lookbacks": ["12h", "1d"], "history_days": 2, "refresh_interval_s": 3600},
+                  "exchanges": {"binance": {"symbols": ["HYPEUSDT"], "base_url": replay.base_url("binance"),
+                                            "archive_url": replay.archive_url()}}}, env={})
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    bars = datasets.recorded_bars()
+    keep = bars["time_ms"] < ms(2025, 10, 11)
+    with ReplayExchange(datasets={MARKET: {k: v[keep] for k, v in bars.items()}}, start_ms=START) as replay:
+        s = Stack(replay, tmp_path_factory.mktemp("store") / "bars.sqlite3", config=crash_config(replay))
+        yield s
+        s.close()
+
+
+def views():
+    return [pb.View(market=MARKET, lookback="12h", rows=200, columns=96),
+            pb.View(market=MARKET, lookback="1d", rows=200, columns=96)]
+
+
+def follow(stack, request, steps: int) -> list[pb.StreamZoneEventsResponse]:
+    """Open the stream, then move the replay clock `steps` bars, refreshing after each; the messages."""
+    call = stack.stub.StreamZoneEvents(request, timeout=120)
+    got = [next(call)]
+    def read():
+        try:
+            got.extend(call)
+        except grpc.RpcError as exc:   # the cancel below ends the stream
+            assert exc.code() == grpc.StatusCode.CANCELLED
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    for _ in range(steps):
+        stack.step(STEP)
+        stack.call(asyncio.sleep(0.3))   # past the topic's debounce: each bar is a data version of its own
+    call.cancel()
+    reader.join(10)
+    return got
+
+
+def test_events_across_the_crash(stack):
+    request = pb.StreamZoneEventsRequest(views=views(), near_pct=1.0)
+    msgs = follow(stack, request, steps=12)   # 20:35 ... 21:30: the crash's low at 21:20 included
+    snapshot, updates = msgs[0], msgs[1:]
+    assert snapshot.kind == pb.UPDATE_KIND_SNAPSHOT and not snapshot.events
+    assert [r.view_index for r in snapshot.reports] == [0, 1]
+    assert all(r.zones.below for r in snapshot.reports), "long zones stand below the price before the crash"
+    assert len(updates) >= 6 and all(m.kind == pb.UPDATE_KIND_ZONES and m.events for m in updates)
+    assert [m.sequence for m in updates] == list(range(1, len(updates) + 1))
+    events = [e for m in updates for e in m.events]
+    swept = [e for e in events if e.kind == pb.ZONE_EVENT_KIND_ZONE_SWEPT]
+    assert {e.view_index for e in swept} == {0, 1}, "the crash sweeps long zones of both lookbacks"
+    stored = stack.store.load(MARKET)
+    for e in swept:   # each swept zone's peak was traded between the previous data version and this one
+        assert e.zone.side in (pb.ZONE_SIDE_LONG, pb.ZONE_SIDE_SHORT)
+        t = e.data_time.ToMilliseconds()
+        window = (stored["time_ms"] <= t) & (stored["time_ms"] >= t - STEP)   # the previous newest bar was forming
+        if e.zone.side == pb.ZONE_SIDE_LONG:
+            assert stored["low"][window].min() <= e.zone.peak_price
+        else:
+            assert stored["high"][window].max() >= e.zone.peak_price
+    first_long_sweep = min(e.data_time.ToMilliseconds() for e in swept if e.zone.side == pb.ZONE_SIDE_LONG)
+    assert ms(2025, 10, 10, 20, 35) <= first_long_sweep <= ms(2025, 10, 10, 21, 20)
+    for m in updates:   # grouped by view, each view's in the order of the kinds
+        order = [(e.view_index, e.kind) for e in m.events]
+        assert order == sorted(order)
+        assert all(e.market == MARKET and e.lookback in ("12h", "1d") and e.price > 0 for e in m.events)
+    near = [e for e in events if e.kind == pb.ZONE_EVENT_KIND_PRICE_NEAR]
+    assert all(0 <= e.distance_pct <= 1.0 for e in near)
+
+
+def test_kinds_filter_and_bad_requests(stack):
+    request = pb.StreamZoneEventsRequest(views=views()[:1], kinds=[pb.ZONE_EVENT_KIND_SKEW_FLIPPED,
+                                                                   pb.ZONE_EVENT_KIND_MAGNET_CHANGED])
+    msgs = follow(stack, request, steps=3)
+    assert all(e.kind in request.kinds for m in msgs[1:] for e in m.events)
+    for bad, field in ((pb.StreamZoneEventsRequest(views=views(), near_pct=0), "near_pct"),
+                       (pb.StreamZoneEventsRequest(views=views(), kinds=[99]), "kinds"),
+                       (pb.StreamZoneEventsRequest(), "views")):
+        with pytest.raises(grpc.RpcError) as info:
+            next(stack.stub.StreamZoneEvents(bad, timeout=10))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in dict(field_violations(info.value))
+
+
+def test_confluence_matches_the_model_on_the_served_views(stack):
+    resp = stack.stub.GetConfluence(pb.GetConfluenceRequest(market=MARKET, rows=200, columns=96,
+                                                            zone_options=pb.ZoneOptions(threshold=0.05, top=10)),
+                                    timeout=30)
+    reports = {}
+    for lb in ("12h", "1d"):
+        hm = stack.call(stack.service.heatmap(stack.service.catalogue.view(
+            pb.View(market=MARKET, lookback=lb, rows=200, columns=96))))
+        reports[lb] = messages.read_zones(hm, resp.price, ZoneOpts(0.05, 10))
+    want = conflib.confluence(reports)
+    assert [(v.price_low, v.price_high, tuple(v.lookbacks), v.score) for v in resp.levels] == \
+        [(v.price_low, v.price_high, v.lookbacks, v.score) for v in want]
+    assert all(v.score >= 2 for v in resp.levels)
+    zones = stack.stub.GetZones(pb.GetZonesRequest(view=views()[0], zone_options=pb.ZoneOptions(threshold=0.05, top=10),
+                                                   confluence_lookbacks=["all"]), timeout=30)
+    assert [(v.price_low, v.score) for v in zones.confluence] == [(v.price_low, v.score) for v in resp.levels]
+    with pytest.raises(grpc.RpcError) as info:
+        stack.stub.GetConfluence(pb.GetConfluenceRequest(market=MARKET, lookbacks=["1d"]), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "lookbacks" in dict(field_violations(info.value))
