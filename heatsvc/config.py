@@ -33,6 +33,16 @@ Example (every key optional):
     base_url = "https://fapi.binance.com"
     archive_url = "https://data.binance.vision"
 
+    [[webhooks]]                # zone events (MODEL.md section 13) POSTed as JSON, signed with HMAC-SHA256
+    url = "https://hooks.example.com/heatsvc"
+    secret_file = "/etc/heatsvc/webhook.secret"   # the signing key (or secret_env = "VARIABLE")
+    markets = ["binance:BTCUSDT", "all:ETHUSDT"]
+    lookbacks = ["1d"]
+    kinds = ["ZONE_SWEPT", "PRICE_NEAR"]          # default: every kind
+    near_pct = 1.0
+    retries = 5                 # attempts after the first, backing off from backoff_s, doubling
+    backoff_s = 1.0
+
     [model]
     range_margin = 0.05
     [[model.tiers]]
@@ -60,6 +70,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .model.engine import BACKENDS, DEFAULT_TIERS, LOOKBACKS, MAX_COLUMNS, MAX_ROWS, ModelParams, Tier
+from .model.events import KINDS, NEAR_PCT
 
 EXCHANGES = ("binance", "bybit", "okx")
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -94,6 +105,20 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class WebhookConfig:
+    """Where one webhook delivers which views' zone events; the signing secret is read at start."""
+    name: str                      # "webhooks[i]": how logs and metrics name it
+    url: str
+    secret: bytes = field(repr=False)
+    markets: tuple[str, ...] = ()
+    lookbacks: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = KINDS
+    near_pct: float = NEAR_PCT
+    retries: int = 5
+    backoff_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:50051"
     backend: str = "cython"
@@ -111,6 +136,7 @@ class Config:
         ExchangeConfig(name, DEFAULT_SYMBOLS, **LIVE_URLS[name]) for name in EXCHANGES))
     limits: Limits = field(default_factory=Limits)
     params: ModelParams = field(default_factory=ModelParams)
+    webhooks: tuple[WebhookConfig, ...] = ()
 
     @property
     def markets(self) -> list[str]:
@@ -194,10 +220,59 @@ def _tiers(model: dict) -> tuple[Tier, ...]:
     return tuple(tiers)
 
 
+def _webhooks(data: dict, env) -> tuple[WebhookConfig, ...]:
+    tables = data.get("webhooks", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ValueError("config: webhooks must be an array of tables ([[webhooks]])")
+    hooks = []
+    for i, t in enumerate(tables):
+        where = f"webhooks[{i}]"
+        if "secret" in t:   # never echo it
+            raise ValueError(f"config: {where}.secret does not belong in the config file: use secret_file or secret_env")
+        _unknown(t, where, ("url", "secret_file", "secret_env", "markets", "lookbacks", "kinds", "near_pct",
+                            "retries", "backoff_s"))
+        url = _take(t, where, "url", str, None, lambda v: v.startswith(("http://", "https://")), "use an http(s) URL")
+        if url is None:
+            raise ValueError(f"config: {where} needs url")
+        strings = lambda v: v and all(isinstance(x, str) and x for x in v)  # noqa: E731
+        hooks.append(WebhookConfig(
+            name=where, url=url, secret=_secret(t, where, env),
+            markets=tuple(_take(t, where, "markets", list, [], strings, "list one or more markets")),
+            lookbacks=tuple(_take(t, where, "lookbacks", list, [], strings, "list one or more lookbacks")),
+            kinds=tuple(_take(t, where, "kinds", list, list(KINDS), lambda v: v and set(v) <= set(KINDS),
+                              f"use kinds from {', '.join(KINDS)}")),
+            near_pct=_take(t, where, "near_pct", float, NEAR_PCT, lambda v: 0 < v <= 50, "must be in (0, 50]"),
+            retries=_take(t, where, "retries", int, 5, lambda v: 0 <= v <= 20, "must be in [0, 20]"),
+            backoff_s=_take(t, where, "backoff_s", float, 1.0, lambda v: 0 < v <= 600, "must be in (0, 600]")))
+        if not hooks[-1].markets or not hooks[-1].lookbacks:
+            raise ValueError(f"config: {where} needs markets and lookbacks")
+    return tuple(hooks)
+
+
+def _secret(table: dict, where: str, env) -> bytes:
+    """The webhook's signing key: the contents of secret_file, or the variable named by secret_env."""
+    if "secret_file" in table:
+        path = _take(table, where, "secret_file", str, None)
+        try:
+            secret = Path(path).read_bytes().strip()
+        except OSError as exc:
+            raise ValueError(f"config: {where}.secret_file: cannot read {path}: {exc.strerror}") from None
+    elif "secret_env" in table:
+        name = _take(table, where, "secret_env", str, None)
+        secret = env.get(name, "").encode()
+        if not secret:
+            raise ValueError(f"config: {where}.secret_env: the environment variable {name} is not set")
+    else:
+        raise ValueError(f"config: {where} needs secret_file or secret_env (the HMAC-SHA256 signing key)")
+    if len(secret) < 16:
+        raise ValueError(f"config: {where}: the signing secret must be at least 16 bytes")
+    return secret
+
+
 def parse(data: dict, env: dict[str, str] | None = None) -> Config:
     """A Config from parsed TOML and the environment; ValueError names any bad key."""
     env = os.environ if env is None else env
-    _unknown(data, "top level", ("server", "data", "limits", "exchanges", "model"))
+    _unknown(data, "top level", ("server", "data", "limits", "exchanges", "model", "webhooks"))
     server, store, limits, model = (_section(data, n) for n in ("server", "data", "limits", "model"))
     if "auth_token" in server:   # the value is a secret: never echo it
         raise ValueError("config: [server] auth_token is no longer accepted (a secret does not belong in the "
@@ -251,7 +326,7 @@ def parse(data: dict, env: dict[str, str] | None = None) -> Config:
         refresh_interval_s=_take(store, "data", "refresh_interval_s", float, 60.0, positive, "must be > 0"),
         history_days=_take(store, "data", "history_days", float, 365.0, positive, "must be > 0"),
         lookbacks=tuple(sorted(lookbacks, key=LOOKBACKS.get)),
-        exchanges=tuple(exchanges), limits=lim, params=params)
+        exchanges=tuple(exchanges), limits=lim, params=params, webhooks=_webhooks(data, env))
 
 
 def load(path: str | os.PathLike | None, env: dict[str, str] | None = None) -> Config:

@@ -36,6 +36,11 @@ COALESCED_UPDATES = Counter("heatsvc_coalesced_updates_total",
                             "Stream updates slow subscribers skipped (they get one snapshot of the latest instead)")
 VIEW_COMPUTE = Histogram("heatsvc_view_compute_seconds", "Time to load the bars of a view and compute it",
                          ["market", "lookback"])
+WEBHOOK_DELIVERIES = Counter("heatsvc_webhook_deliveries_total",
+                             "Zone-event messages a webhook was sent, by result: ok, failed (after every retry), "
+                             "dropped (coalesced away while the endpoint was slow)", ["webhook", "result"])
+WEBHOOK_ATTEMPT_ERRORS = Counter("heatsvc_webhook_attempt_errors_total",
+                                 "Failed webhook POST attempts, retried ones included", ["webhook"])
 ASYNCIO_TASKS = Gauge("heatsvc_asyncio_tasks", "asyncio tasks on the server's event loop")
 
 

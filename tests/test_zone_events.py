@@ -3,11 +3,16 @@ with the recorded HYPEUSDT crash of 2025-10-10: the stream is followed across th
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import threading
+import time
 from datetime import datetime, timezone
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from heatsvc import datasets
 from heatsvc.config import parse
@@ -136,3 +141,95 @@ def test_confluence_matches_the_model_on_the_served_views(stack):
     with pytest.raises(grpc.RpcError) as info:
         stack.stub.GetConfluence(pb.GetConfluenceRequest(market=MARKET, lookbacks=["1d"]), timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "lookbacks" in dict(field_violations(info.value))
+
+
+class HookReceiver:
+    """A real HTTP endpoint on 127.0.0.1 that checks each body's signature, answering 503 to the first
+    `failures` POSTs (an endpoint that fails, then recovers)."""
+
+    def __init__(self, secret: bytes, failures: int):
+        import http.server
+        receiver = self
+        self.secret, self.failures, self.bodies, self.bad_signatures, self.attempts = secret, failures, [], 0, 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.attempts += 1
+                if receiver.attempts <= receiver.failures:
+                    self.send_response(503)
+                else:
+                    want = "sha256=" + hmac.new(receiver.secret, body, hashlib.sha256).hexdigest()
+                    if hmac.compare_digest(want, self.headers.get("X-Heatsvc-Signature", "")):
+                        receiver.bodies.append(json.loads(body))
+                        self.send_response(204)
+                    else:
+                        receiver.bad_signatures += 1
+                        self.send_response(401)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def delivered(result: str) -> float:
+    from prometheus_client import REGISTRY
+    return REGISTRY.get_sample_value("heatsvc_webhook_deliveries_total",
+                                     {"webhook": "webhooks[0]", "result": result}) or 0.0
+
+
+def test_webhook_delivers_signed_events_and_recovers_from_a_failing_endpoint(tmp_path):
+    secret = b"0123456789abcdef-test-secret"
+    receiver = HookReceiver(secret, failures=2)
+    bars = datasets.recorded_bars()
+    keep = bars["time_ms"] < ms(2025, 10, 11)
+    ok_before = delivered("ok")
+    with ReplayExchange(datasets={MARKET: {k: v[keep] for k, v in bars.items()}}, start_ms=START) as replay:
+        data = {"server": {"backend": "cython"},
+                "data": {"lookbacks": ["12h", "1d"], "history_days": 2, "refresh_interval_s": 3600},
+                "exchanges": {"binance": {"symbols": ["HYPEUSDT"], "base_url": replay.base_url("binance"),
+                                          "archive_url": replay.archive_url()}},
+                "webhooks": [{"url": receiver.url, "secret_env": "HOOK_SECRET", "markets": [MARKET],
+                              "lookbacks": ["12h"], "retries": 4, "backoff_s": 0.05}]}
+        stack = Stack(replay, tmp_path / "bars.sqlite3", config=parse(data, env={"HOOK_SECRET": secret.decode()}))
+        try:
+            deadline = time.monotonic() + 20   # the sink's topic starts once the data is loaded
+            while ("webhook", "webhooks[0]") not in stack.service.topics and time.monotonic() < deadline:
+                time.sleep(0.05)
+            msgs = follow(stack, pb.StreamZoneEventsRequest(views=[pb.View(market=MARKET, lookback="12h")]), steps=8)
+            want = [[(e["kind"], e["zone"]["peak_price"] if "zone" in e else None) for e in m["events"]]
+                    for m in (json_format.MessageToDict(m, preserving_proto_field_name=True) for m in msgs[1:])]
+            deadline = time.monotonic() + 10
+            while len(receiver.bodies) < len(want) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            stack.close()
+            receiver.close()
+    got = [[(e["kind"], e["zone"]["peak_price"] if "zone" in e else None) for e in b["events"]]
+           for b in receiver.bodies]
+    assert len(want) >= 4 and got == want, "the webhook tells what the stream tells, in order"
+    assert receiver.attempts == len(want) + 2 and receiver.bad_signatures == 0
+    assert all(b["events"][0]["market"] == MARKET and "sequence" in b for b in receiver.bodies)
+    assert delivered("ok") - ok_before == len(want)
+
+
+def test_webhook_configuration_is_checked(tmp_path):
+    base = {"exchanges": {"binance": {"symbols": ["HYPEUSDT"]}}}
+    hook = {"url": "http://127.0.0.1:9/x", "secret_env": "S", "markets": [MARKET], "lookbacks": ["1d"]}
+    env = {"S": "x" * 20}
+    assert parse({**base, "webhooks": [hook]}, env=env).webhooks[0].secret == b"x" * 20
+    for change, message in (({"secret": "inline"}, "does not belong"), ({"url": "ftp://x"}, "http"),
+                            ({"kinds": ["ZONE_GONE"]}, "kinds"), ({"secret_env": "MISSING"}, "not set"),
+                            ({"markets": []}, "markets"), ({"near_pct": 0}, "near_pct")):
+        with pytest.raises(ValueError, match=message):
+            parse({**base, "webhooks": [{**hook, **change}]}, env=env)
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        parse({**base, "webhooks": [hook]}, env={"S": "short"})

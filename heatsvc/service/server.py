@@ -29,6 +29,7 @@ from . import auth, messages
 from .errors import RequestError, exhausted, invalid, unavailable
 from .streams import EventsTopic, ViewTopic, ZonesTopic
 from .views import Catalogue, ViewKey, check_all, event_opts, grid_opts, zone_opts
+from .webhooks import WebhookSink
 
 log = logging.getLogger("heatsvc.service")
 SERVICE = pb.DESCRIPTOR.services_by_name["HeatmapService"].full_name
@@ -73,6 +74,7 @@ class HeatmapService:
         self._pending = 0
         self._last_bar: dict[str, int] = {}
         self._bars: dict[str, tuple[int, int, dict]] = {}  # market -> (version, start_ms, bars)
+        self.webhooks = [WebhookSink(self, hook) for hook in config.webhooks]   # checks their views
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -82,6 +84,8 @@ class HeatmapService:
             await self.health.set(name, NOT_SERVING)
         self._tasks = [asyncio.create_task(self._follow_updates(), name="follow updates"),
                        asyncio.create_task(self._follow_health(), name="follow health")]
+        for sink in self.webhooks:
+            sink.start()
 
     async def begin_shutdown(self) -> None:
         """Health NOT_SERVING everywhere, refuse new streams, end open streams with status OK."""
@@ -91,6 +95,8 @@ class HeatmapService:
             topic.stop()
 
     async def stop(self) -> None:
+        for sink in self.webhooks:
+            await sink.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
