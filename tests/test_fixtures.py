@@ -301,3 +301,29 @@ def test_archive_days_cut_short_or_missing_are_asked_for_again(server):
     assert server.count(ARCHIVE_PATH.format(s="HYPEUSDT", d="2026-06-25")) == 1   # whole: cached
     assert server.count(ARCHIVE_PATH.format(s="HYPEUSDT", d="2026-06-26")) == 2   # truncated: asked again
     assert server.count(ARCHIVE_PATH.format(s="HYPEUSDT", d="2026-06-27")) == 2   # missing: asked again
+
+
+def test_a_ban_shows_in_the_market_health(server, tmp_path):
+    server.route("/v5/market/instruments-info", Answer(403, fixture("bybit/403-access-too-frequent.txt"),
+                                                       content_type="text/plain"))
+
+    async def work():
+        store = Store(tmp_path / "s.sqlite3")
+        clients = {"bybit": make_client("bybit", server.url, **FAST)}
+        r = Refresher(store, clients, ["bybit:BTCUSDT"], interval_s=3600, history_days=1)
+        await r.start()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if r.health()["bybit:BTCUSDT"].consecutive_failures:
+                break
+        health = r.health()["bybit:BTCUSDT"]
+        await r.stop()
+        await clients["bybit"].aclose()
+        store.close()
+        return health
+    health = run(work())
+    assert health.status == "degraded" and not health.ready
+    assert health.last_error.startswith("bybit: banned (HTTP 403") and "sending nothing for" in health.last_error
+    assert REGISTRY.get_sample_value("heatsvc_market_status",
+                                     {"market": "bybit:BTCUSDT", "heatsvc_market_status": "degraded"}) == 1
+    assert server.count("/v5/market/instruments-info") == 1      # the refresher waits the ban out, silent

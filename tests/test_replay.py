@@ -611,3 +611,15 @@ def test_cli_rejects_bad_start():
     r = subprocess.run([sys.executable, "-m", "heatsvc.cli", "replay", "--start", "yesterday"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--start" in r.stderr and "yesterday" in r.stderr
+
+
+def test_injected_binance_1008_throttles_are_400_or_503(http):
+    with small_replay(faults=Faults(rate_1008=1.0, seed=4)) as rx:
+        answers = [get(http, rx.base_url("binance") + "/fapi/v1/klines", symbol="BTCUSDT", interval="5m")
+                   for _ in range(12)]
+        assert {a.status_code for a in answers} == {400, 503}
+        assert all(a.json() == {"code": -1008, "msg": "Server is currently overloaded with other requests. "
+                                                      "Please try again in a few minutes."} for a in answers)
+        rx.faults.rate_1008 = 0.0
+        assert get(http, rx.base_url("binance") + "/fapi/v1/klines", symbol="BTCUSDT",
+                   interval="5m").status_code == 200
