@@ -16,6 +16,7 @@ COMMANDS = {
     "snapshot": ("heatsvc.client", "ask a server for one view and print its summary (or write JSON)"),
     "zones": ("heatsvc.client", "ask a server for a view's ranked zones"),
     "watch": ("heatsvc.client", "subscribe to a view and redraw its zones on every update"),
+    "alerts": ("heatsvc.client", "print a view's zone events as they come: new, swept, neared zones, magnet, skew"),
     "render": ("heatsvc.render", "draw a heatmap or liquidation map as PNG"),
     "backtest": ("heatsvc.backtest.cli", "judge the heatmap against what happened (MODEL.md section 15) and write a report"),
 }

@@ -1,4 +1,4 @@
-"""`heatsvc snapshot | zones | watch`: command-line clients of a heatsvc.v1 server.
+"""`heatsvc snapshot | zones | watch | alerts`: command-line clients of a heatsvc.v1 server.
 
 What they show is an estimate of where leveraged positions would be liquidated: market-risk
 context, never a price forecast.
@@ -27,6 +27,9 @@ EXIT_CODES = {grpc.StatusCode.INVALID_ARGUMENT: 2, grpc.StatusCode.NOT_FOUND: 3,
               grpc.StatusCode.DEADLINE_EXCEEDED: 4, grpc.StatusCode.RESOURCE_EXHAUSTED: 5,
               grpc.StatusCode.UNAUTHENTICATED: 6}
 SIDE = {pb.ZONE_SIDE_SHORT: "short", pb.ZONE_SIDE_LONG: "long"}
+EVENT_KINDS = [name for name in pb.ZoneEventKind.keys() if name != "ZONE_EVENT_KIND_UNSPECIFIED"]
+EVENT_COLOURS = {"ZONE_NEW": "cyan", "ZONE_SWEPT": "bold magenta", "PRICE_NEAR": "yellow",
+                 "MAGNET_CHANGED": "bold", "SKEW_FLIPPED": "blue"}
 BAR_WIDTH = 16
 
 
@@ -46,8 +49,16 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     if command == "snapshot":
         parser.add_argument("--json", metavar="FILE", help="write the whole view as JSON (grids as lists)")
         parser.add_argument("--boost", type=float, help="display boost in (0, 1] for the intensity grids")
-    if command == "watch":
+    if command == "zones":
+        parser.add_argument("--confluence", nargs="?", const="all", metavar="LOOKBACKS",
+                            help="also show where the top zones of several lookbacks overlap: a comma-separated "
+                                 "list, or every offered lookback when given alone")
+    if command in ("watch", "alerts"):
         parser.add_argument("--count", type=int, default=0, help="stop after this many messages (default: never)")
+    if command == "alerts":
+        parser.add_argument("--kinds", help="comma-separated event kinds (default: all): "
+                                            + ", ".join(k.removeprefix("ZONE_EVENT_KIND_") for k in EVENT_KINDS))
+        parser.add_argument("--near-pct", type=float, help="PRICE_NEAR distance in percent (default 1)")
 
 
 def view(args) -> pb.View:
@@ -252,9 +263,15 @@ def run(command: str, args: argparse.Namespace) -> int:
                     print(f"wrote {args.json}")
                 print(snapshot_summary(resp))
             elif command == "zones":
-                resp = stub.GetZones(pb.GetZonesRequest(view=view(args), zone_options=zone_options(args)),
-                                     timeout=args.timeout, metadata=metadata(args))
+                request = pb.GetZonesRequest(view=view(args), zone_options=zone_options(args))
+                if args.confluence:
+                    request.confluence_lookbacks.extend(args.confluence.split(","))
+                resp = stub.GetZones(request, timeout=args.timeout, metadata=metadata(args))
                 console.print(zone_table(resp.zones))
+                if args.confluence:
+                    console.print(confluence_table(resp.confluence, resp.zones))
+            elif command == "alerts":
+                return alerts(stub, args, console)
             else:
                 return watch(stub, args, console)
         except grpc.RpcError as error:
@@ -279,6 +296,81 @@ def watch(stub, args, console: Console) -> int:
                 if args.count and seen >= args.count:
                     stream.cancel()
                     return 0
+    except KeyboardInterrupt:
+        stream.cancel()
+        return 0
+    except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.CANCELLED and args.count and seen >= args.count:
+            return 0
+        raise
+    print("server ended the stream", file=sys.stderr)
+    return 0
+
+
+def confluence_table(levels, report: pb.ZoneReport) -> Group:
+    """MODEL.md section 14: where the top zones of several lookbacks overlap, strongest first."""
+    table = Table(title=f"{report.market} confluence", title_justify="left", expand=False)
+    for name, justify in (("side", "left"), ("price range", "right"), ("dist %", "right"), ("lookbacks", "left"),
+                          ("score", "right"), ("notional", "right")):
+        table.add_column(name, justify=justify)
+    for v in levels:
+        colour = "green" if v.side == pb.ZONE_SIDE_SHORT else "red"
+        near = v.price_low if v.side == pb.ZONE_SIDE_SHORT else v.price_high
+        table.add_row(Text(SIDE[v.side], colour), f"{price_text(v.price_low)}-{price_text(v.price_high)}",
+                      f"{100 * (near - report.price) / report.price:+.2f}", ", ".join(v.lookbacks), str(v.score),
+                      money(v.notional))
+    note = "no level where two or more lookbacks agree" if not levels else DISCLAIMER
+    return Group(table, Text(note))
+
+
+def event_line(e: pb.ZoneEvent) -> Text:
+    """One zone event in one line, coloured by kind."""
+    kind = pb.ZoneEventKind.Name(e.kind).removeprefix("ZONE_EVENT_KIND_")
+    z = e.zone
+    where = (f"{SIDE[z.side]} zone {price_text(z.price_low)}-{price_text(z.price_high)} peak {price_text(z.peak_price)}"
+             f" {money(z.notional)}") if e.HasField("zone") else "no zone"
+    detail = {
+        "ZONE_NEW": where,
+        "ZONE_SWEPT": f"{where} traded through",
+        "PRICE_NEAR": f"{e.distance_pct:.2f}% from {where}",
+        "MAGNET_CHANGED": f"magnet now {where}" + (f" (was {SIDE[e.previous_zone.side]} "
+                                                   f"{price_text(e.previous_zone.peak_price)})"
+                                                   if e.HasField("previous_zone") else ""),
+        "SKEW_FLIPPED": f"skew {pb.SkewLabel.Name(e.previous_skew_label).removeprefix('SKEW_LABEL_')} -> "
+                        f"{pb.SkewLabel.Name(e.skew_label).removeprefix('SKEW_LABEL_')}",
+    }[kind]
+    line = Text(f"{iso(e.data_time)}  {e.market} {e.lookback}  ")
+    line.append(f"{kind:<14}", EVENT_COLOURS[kind])
+    line.append(f"  {detail}   price {price_text(e.price)}")
+    return line
+
+
+def alerts(stub, args, console: Console) -> int:
+    """Print zone events as they come, one line each, until Ctrl-C or the server ends the stream."""
+    request = pb.StreamZoneEventsRequest(views=[view(args)], zone_options=zone_options(args))
+    if args.near_pct is not None:
+        request.near_pct = args.near_pct
+    for name in filter(None, (args.kinds or "").split(",")):
+        full = "ZONE_EVENT_KIND_" + name.strip().upper().removeprefix("ZONE_EVENT_KIND_")
+        if full not in EVENT_KINDS:
+            raise ValueError(f"--kinds: {name!r} is not a zone event kind; use "
+                             + ", ".join(k.removeprefix("ZONE_EVENT_KIND_") for k in EVENT_KINDS))
+        request.kinds.append(pb.ZoneEventKind.Value(full))
+    stream = stub.StreamZoneEvents(request, metadata=metadata(args))
+    seen = 0
+    try:
+        for msg in stream:
+            seen += 1
+            if msg.kind == pb.UPDATE_KIND_SNAPSHOT:
+                for r in msg.reports:
+                    note = f" (skipped {msg.skipped_updates} updates)" if msg.gap_skipped else ""
+                    console.print(f"watching {r.zones.market} {r.zones.lookback}: {len(r.zones.above)} zones above, "
+                                  f"{len(r.zones.below)} below, price {price_text(r.zones.price)}{note}")
+            for e in msg.events:
+                console.print(event_line(e))
+            if args.count and seen >= args.count:
+                stream.cancel()
+                return 0
     except KeyboardInterrupt:
         stream.cancel()
         return 0

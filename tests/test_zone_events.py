@@ -233,3 +233,33 @@ def test_webhook_configuration_is_checked(tmp_path):
             parse({**base, "webhooks": [{**hook, **change}]}, env=env)
     with pytest.raises(ValueError, match="at least 16 bytes"):
         parse({**base, "webhooks": [hook]}, env={"S": "short"})
+
+
+def test_alerts_and_confluence_commands(stack, capsys):
+    from heatsvc import cli
+    lines = []
+    done = threading.Event()
+
+    def run_alerts():
+        lines.append(cli.main(["alerts", "--target", stack.target, "--market", MARKET, "--lookback", "12h",
+                               "--rows", "200", "--columns", "96", "--count", "2"]))
+        done.set()
+
+    threading.Thread(target=run_alerts, daemon=True).start()
+    time.sleep(1.0)   # the stream is open (its first message is the snapshot)
+    for _ in range(24):   # until one message of events has come after the snapshot
+        if done.is_set():
+            break
+        stack.step(STEP)
+        stack.call(asyncio.sleep(0.3))
+    assert done.wait(30) and lines == [0], capsys.readouterr()
+    out = capsys.readouterr().out
+    assert f"watching {MARKET} 12h" in out
+    kinds = {k for k in ("ZONE_NEW", "ZONE_SWEPT", "PRICE_NEAR", "MAGNET_CHANGED", "SKEW_FLIPPED") if k in out}
+    assert kinds and f"{MARKET} 12h" in out
+    assert cli.main(["alerts", "--target", stack.target, "--market", MARKET, "--kinds", "zone_gone"]) == 2
+    assert "not a zone event kind" in capsys.readouterr().err
+    assert cli.main(["zones", "--target", stack.target, "--market", MARKET, "--lookback", "12h", "--threshold",
+                     "0.05", "--top", "10", "--confluence"]) == 0
+    out = capsys.readouterr().out
+    assert f"{MARKET} confluence" in out and ("12h, 1d" in out or "no level where" in out)
