@@ -67,6 +67,7 @@ class _Market:
     failures: int = 0
     last_error: str | None = None
     status: str = "loading"
+    delisted: str | None = None    # why the market is no longer refreshed (its exchange stopped listing it)
     gaps: dict[tuple[int, int], int] = field(default_factory=dict)   # range -> attempts so far
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -101,7 +102,7 @@ class Refresher:
     def __init__(self, store: Store, clients: Mapping[str, ExchangeClient], markets: Sequence[str], *,
                  interval_s: float = 60.0, history_days: float = 365.0, progress: bool = False,
                  now_ms: Callable[[], int] | None = None, chunk_days: float = 5.0, failing_after: int = 3,
-                 gap_attempts: int = 5, queue_size: int = 64):
+                 gap_attempts: int = 5, queue_size: int = 64, relist_s: float | None = 86_400.0):
         if not interval_s > 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
         if not history_days > 0:
@@ -114,6 +115,7 @@ class Refresher:
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.chunk_ms = max(STEP_MS, align_down(int(chunk_days * DAY_MS)))
         self.failing_after, self.gap_attempts, self.queue_size = failing_after, gap_attempts, queue_size
+        self.relist_s = relist_s      # how often each exchange's listing is checked (None: never)
         self._markets: dict[str, _Market] = {}
         for market in markets:
             exchange, _, symbol = market.partition(":")
@@ -141,6 +143,8 @@ class Refresher:
             self._progress.start()
             self._bar = self._progress.add_task(self._progress_text(), total=0)
         self._tasks = [asyncio.create_task(self._run(m), name=f"refresh {m.name}") for m in self._markets.values()]
+        if self.relist_s:
+            self._tasks.append(asyncio.create_task(self._watch_listings(), name="listings"))
 
     async def stop(self) -> None:
         """Cancel the market tasks and wait for them to end."""
@@ -193,6 +197,8 @@ class Refresher:
             lag_s = None if last is None else max(0.0, (now - last - STEP_MS) / 1000)
             if status == "ok" and (m.client.degraded or m.gaps or (lag_s or 0) > self.lag_limit_s):
                 status = "degraded"
+            if m.delisted:
+                status = "failing"
             skipped = tuple(f"{format_time(a)}..{format_time(b)} ({(b - a) // STEP_MS} bars, "
                             f"{tries} attempt{'s' if tries != 1 else ''})" for (a, b), tries in sorted(m.gaps.items()))
             held = m.client.hold_state()     # a ban or a demanded pause: said first, it explains the rest
@@ -200,7 +206,7 @@ class Refresher:
                 market=m.name, status=status, last_bar_ms=last,
                 lag_s=lag_s,
                 consecutive_failures=m.failures, ready=m.ready.is_set(),
-                last_error=held if held else m.last_error,
+                last_error=m.delisted or held or m.last_error,
                 rejected_rows=m.client.rejected[m.symbol],
                 missing_bars=sum((b - a) // STEP_MS for a, b in m.gaps), skipped=skipped)
             metrics.market_health(out[m.name])
@@ -251,6 +257,8 @@ class Refresher:
         if market not in self._markets:
             raise ValueError(f"unknown market {market!r}")
         m = self._markets[market]
+        if m.delisted:
+            return
         async with m.lock:
             try:
                 live = await m.client.fetch_live(m.symbol)
@@ -381,6 +389,35 @@ class Refresher:
             return
         m.version += 1
         self._publish(MarketUpdated(m.name, m.version, int(last), m.price, bars_changed))
+
+    # ----- listings ------------------------------------------------------------------------
+    async def _watch_listings(self) -> None:
+        while True:
+            await asyncio.sleep(self.relist_s)
+            await self.check_listings()
+
+    async def check_listings(self) -> None:
+        """Ask each exchange which USDT perpetuals it lists now. A market no longer listed is delisted:
+        no longer refreshed, its history kept, its health `failing` saying so; listed again, it resumes.
+        An exchange that cannot answer now is asked again next time."""
+        by_client: dict[int, tuple[ExchangeClient, list[_Market]]] = {}
+        for m in self._markets.values():
+            if m.symbol.endswith("USDT"):            # the universe list_perpetuals covers
+                by_client.setdefault(id(m.client), (m.client, []))[1].append(m)
+        for client, markets in by_client.values():
+            try:
+                listed = {x.symbol for x in await client.list_perpetuals()}
+            except (ExchangeError, ExchangeUnavailable) as exc:
+                log.warning("%s: listing not checked now: %s", client.name, exc)
+                continue
+            for m in markets:
+                if m.symbol not in listed and m.delisted is None:
+                    m.delisted = (f"delisted: {m.symbol} is no longer listed as a trading perpetual on "
+                                  f"{client.name} (noticed {format_time(self.now_ms())}); history kept, not refreshed")
+                    log.warning("%s: %s", m.name, m.delisted)
+                elif m.symbol in listed and m.delisted is not None:
+                    m.delisted = None
+                    log.warning("%s: listed again; refreshing resumes", m.name)
 
     # ----- failures ------------------------------------------------------------------------
     def _note_skip(self, m: _Market, a: int, b: int, exc: Exception) -> None:

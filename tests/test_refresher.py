@@ -254,3 +254,39 @@ def test_a_missing_archive_day_is_a_gap_refetched_not_zeros(tmp_path):
     assert len(day["time_ms"]) == 288 and np.isnan(day["open_interest"]).all()   # stored bars, no zeros
     assert health.status == "degraded" and health.missing_bars == 288, health   # owed: retried later
     assert any(s.startswith("2025-09-13T00:00:00Z") for s in health.skipped), health.skipped
+
+
+def test_a_delisted_market_stops_refreshing_and_keeps_its_history(tmp_path):
+    data = {f"bybit:{s}": synthetic_bars(s, "bybit", days=2, end_ms=END) for s in ("BTCUSDT", "ETHUSDT")}
+    with ReplayExchange(datasets=data, start_ms=NOW) as rp:
+        async def main():
+            cs = {"bybit": clients(rp)["bybit"]}
+            store = Store(tmp_path / "s.sqlite3")
+            r = Refresher(store, cs, list(data), interval_s=3600, history_days=1, now_ms=rp.now_ms, relist_s=None)
+            await r.start()
+            await r.wait_ready(timeout=60)
+            kept = store.count("bybit:ETHUSDT")
+            rp.delist("bybit:ETHUSDT")
+            await r.check_listings()
+            sent = sum(rp.request_counts("bybit").values())
+            rp.step(10 * 60_000)
+            await r.refresh("bybit:ETHUSDT")                      # nothing asked for a delisted market
+            unsent = sum(rp.request_counts("bybit").values()) - sent
+            await r.refresh("bybit:BTCUSDT")
+            during = r.health()
+            rp.delisted.clear()                                   # listed again
+            await r.check_listings()
+            await r.refresh("bybit:ETHUSDT")
+            after = r.health()
+            counts = kept, store.count("bybit:ETHUSDT")
+            await r.stop()
+            store.close()
+            await close(cs)
+            return unsent, during, after, counts
+
+        unsent, during, after, (kept, later) = asyncio.run(main())
+    eth = during["bybit:ETHUSDT"]
+    assert unsent == 0 and eth.status == "failing" and eth.last_error.startswith("delisted: ETHUSDT"), eth
+    assert during["bybit:BTCUSDT"].status == "ok"
+    assert kept == 288 + 1 and later > kept                     # history kept; refreshed again once relisted
+    assert after["bybit:ETHUSDT"].status == "ok", after["bybit:ETHUSDT"]

@@ -61,6 +61,7 @@ class ReplayExchange:
         self._rng_seed = self.faults.seed
         self.windows = Window()
         self.bans: dict[str, float] = {}        # exchange -> real time the ban ends
+        self.delisted: set[str] = set()         # markets the scenario has delisted (see delist)
         self.strikes = Window()                 # Binance 429s per window (too many: a 418 ban)
         self.dialects: dict[str, Dialect] = {d.name: d(self) for d in (BinanceDialect, ArchiveDialect, BybitDialect,
                                                                          OkxDialect)}
@@ -156,6 +157,12 @@ class ReplayExchange:
         return {"time_ms": s.t.copy(), "open": s.o.copy(), "high": s.h.copy(), "low": s.l.copy(),
                 "close": s.c.copy(), "volume": s.v.copy(), "taker_buy_volume": s.tb.copy(),
                 "quote_volume": s.q.copy(), "open_interest": s.oi.copy(), "long_short_ratio": s.ratio.copy()}
+
+    def delist(self, market: str) -> None:
+        """Delist a market: its exchange lists it no more and answers for it as for an unknown symbol."""
+        if market not in self._sources:
+            raise ValueError(f"replay: unknown market {market!r}")
+        self.delisted.add(market)
 
     def request_counts(self, exchange: str | None = None) -> dict[tuple[str, str], int]:
         """Requests received per (exchange, path), rejected ones included."""

@@ -90,10 +90,13 @@ class Dialect:
     def series(self, symbol: str | None) -> Series | None:
         """The bars behind one of this exchange's symbols, None if it does not list it."""
         market = f"{self.name}:{symbol}"
-        return self.rx.series(market) if symbol and market in self.rx.markets() else None
+        listed = symbol and market in self.rx.markets() and market not in self.rx.delisted
+        return self.rx.series(market) if listed else None
 
     def symbols(self) -> list[str]:
-        return [m.split(":", 1)[1] for m in self.rx.markets() if m.startswith(self.name + ":")]
+        """The exchange's listed symbols (delisted ones are gone, as on the real exchanges)."""
+        return [m.split(":", 1)[1] for m in self.rx.markets()
+                if m.startswith(self.name + ":") and m not in self.rx.delisted]
 
     def perturb(self, rows: list, applies: bool) -> list:
         return self.rx.perturb(rows, applies)
