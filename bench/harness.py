@@ -120,8 +120,9 @@ class Harness:
         return sum(t.updates for t in self.service.topics.values())
 
     async def command(self, cmd: dict) -> dict:
-        """One command: {"cmd": "step", "ms", "market"} moves the replay clock, refreshes the market
-        and waits until the streams have published the update; "stats" reports the process; "faults"
+        """One command: {"cmd": "step", "ms", "market", "wait"} moves the replay clock, refreshes the market
+        and (unless wait is false: zone-event streams publish only when something happened) waits until
+        the streams have published the update; "stats" reports the process; "faults"
         sets replay fault knobs; "health" gives each market's refresher health; "clock" sets the replay
         clock's speed (null stops it); "gc" collects; "trim" collects and returns free heap to the OS."""
         name = cmd["cmd"]
@@ -132,7 +133,8 @@ class Harness:
             await self.refresher.refresh(cmd.get("market", MARKET))
             t1 = time.monotonic()
             deadline = t1 + 60
-            while self.service.topics and self.published() == before and time.monotonic() < deadline:
+            while cmd.get("wait", True) and self.service.topics and self.published() == before \
+                    and time.monotonic() < deadline:
                 await asyncio.sleep(0.001)
             return {"t0": t0, "t1": t1, "published_at": time.monotonic(), "updates": self.published(),
                     "sequence": max((t.sequence for t in self.service.topics.values()), default=0)}

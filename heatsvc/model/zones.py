@@ -62,10 +62,19 @@ def check_options(threshold: float, top: int, proximity_pct: float, window_pct: 
         raise ValueError(f"window_pct must be finite and > 0, got {window_pct!r}")
 
 
-def _runs(kept: np.ndarray) -> list[tuple[int, int]]:
-    """[start, stop) of each maximal run of True."""
+def _runs(heat: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each maximal run of kept rows: its start and stop rows [start, stop), its notional, and its peak
+    row (the first of its hottest), all at once."""
     edges = np.diff(np.concatenate(([0], kept.astype(np.int8), [0])))
-    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    if not len(starts):
+        return starts, stops, np.empty(0), starts
+    rows = np.flatnonzero(kept)
+    values = heat[rows]
+    first = np.concatenate(([0], np.cumsum(stops - starts)[:-1]))   # where each run begins in `rows`
+    run = np.repeat(np.arange(len(starts)), stops - starts)
+    hottest_first = np.lexsort((-values, run))                       # by run, hottest first, stable
+    return starts, stops, np.add.reduceat(values, first), rows[hottest_first[first]]
 
 
 def column_zones(long_heat: np.ndarray, short_heat: np.ndarray, price_edges: np.ndarray, price: float, *,
@@ -82,7 +91,7 @@ def column_zones(long_heat: np.ndarray, short_heat: np.ndarray, price_edges: np.
     v_max = float(max(long_heat.max(initial=0.0), short_heat.max(initial=0.0)))
     distance = 100.0 * (centres - price) / price
     weight = proximity_weight(distance, proximity_pct)
-    zones = {"short": [], "long": []}
+    sides = {}
     kept_total = {"short": 0.0, "long": 0.0}
     near = {"short": 0.0, "long": 0.0}
     for side, heat, mask in (("short", short_heat, above), ("long", long_heat, below)):
@@ -90,22 +99,30 @@ def column_zones(long_heat: np.ndarray, short_heat: np.ndarray, price_edges: np.
         kept_total[side] = float(heat[kept].sum())
         inside = kept & (np.abs(distance) <= window_pct)
         near[side] = float((heat[inside] * weight[inside]).sum())
-        for start, stop in _runs(kept):
-            peak = start + int(np.argmax(heat[start:stop]))
-            zones[side].append(Zone(
-                side=side, price_low=float(price_edges[start]), price_high=float(price_edges[stop]),
-                peak_price=float(centres[peak]), notional=float(heat[start:stop].sum()),
-                intensity=float(heat[peak] / v_max), distance_pct=float(distance[peak]),
-                proximity=float(weight[peak])))
+        sides[side] = (heat, *_runs(heat, kept))
+
+    def zone(side: str, i: int) -> Zone:
+        heat, starts, stops, notional, peaks = sides[side]
+        peak = int(peaks[i])
+        return Zone(side=side, price_low=float(price_edges[starts[i]]), price_high=float(price_edges[stops[i]]),
+                    peak_price=float(centres[peak]), notional=float(notional[i]), intensity=float(heat[peak] / v_max),
+                    distance_pct=float(distance[peak]), proximity=float(weight[peak]))
+
+    def by_notional(side: str) -> list[Zone]:   # ties keep the order of price, as a stable sort does
+        return [zone(side, int(i)) for i in np.argsort(-sides[side][3], kind="stable")[:top]]
+
     up, down = near["short"], near["long"]
     skew = (up - down) / (up + down) if up + down > 0 else 0.0
     label = "UP" if skew > SKEW_LABEL_AT else "DOWN" if skew < -SKEW_LABEL_AT else "BALANCED"
-    every = zones["short"] + zones["long"]
-    magnet = max(every, key=lambda z: z.notional * z.proximity) if every else None
-    by_notional = lambda zs: sorted(zs, key=lambda z: z.notional, reverse=True)[:top]  # noqa: E731
+    pull = np.concatenate([sides[s][3] * weight[sides[s][4]] for s in ("short", "long")])
+    magnet = None
+    if len(pull):   # the first zone (shorts, then longs, by price) of the largest notional x proximity
+        i = int(np.argmax(pull))
+        n_short = len(sides["short"][3])
+        magnet = zone("short", i) if i < n_short else zone("long", i - n_short)
     cum_short = np.where(above, np.cumsum(np.where(above, short_heat, 0.0)), 0.0)
     cum_long = np.where(below, np.cumsum(np.where(below, long_heat, 0.0)[::-1])[::-1], 0.0)
-    return ZoneReport(price=float(price), above=by_notional(zones["short"]), below=by_notional(zones["long"]),
+    return ZoneReport(price=float(price), above=by_notional("short"), below=by_notional("long"),
                       total_above=kept_total["short"], total_below=kept_total["long"], skew=float(skew),
                       skew_label=label, magnet=magnet, v_max=v_max, cumulative_long=cum_long,
                       cumulative_short=cum_short)
