@@ -18,6 +18,7 @@ COMMANDS = {
     "watch": ("heatsvc.client", "subscribe to a view and redraw its zones on every update"),
     "alerts": ("heatsvc.client", "print a view's zone events as they come: new, swept, neared zones, magnet, skew"),
     "render": ("heatsvc.render", "draw a heatmap or liquidation map as PNG"),
+    "web": ("heatsvc.web.cli", "serve the live heatmap page: a gateway from the gRPC service to browsers"),
     "backtest": ("heatsvc.backtest.cli", "judge the heatmap against what happened (MODEL.md section 15) and write a report"),
 }
 DISCLAIMER = "Liquidation heatmaps are estimates: market-risk context, never a price forecast."

@@ -45,6 +45,8 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     demo.add_argument("--demo-history-days", type=float, default=DEMO_HISTORY_DAYS,
                       help="days to backfill (default %(default)g)")
     parser.add_argument("--quiet", action="store_true", help="no backfill progress")
+    parser.add_argument("--web", nargs="?", const="127.0.0.1:8080", metavar="HOST:PORT",
+                        help="also serve the live web page (heatsvc web) there (default 127.0.0.1:8080)")
 
 
 def run(command: str, args: argparse.Namespace) -> int:
@@ -58,7 +60,7 @@ def run(command: str, args: argparse.Namespace) -> int:
         cfg.address(args.metrics_listen, "--metrics-listen")
         config = cfg.with_overrides(config, metrics_listen=args.metrics_listen)
     try:
-        return asyncio.run(serve(config, demo=args if args.demo else None, progress=not args.quiet))
+        return asyncio.run(serve(config, demo=args if args.demo else None, progress=not args.quiet, web=args.web))
     except KeyboardInterrupt:
         return 130
 
@@ -102,7 +104,8 @@ def start_metrics(config, *, demo: bool):
     return endpoint
 
 
-async def serve(config, *, demo: argparse.Namespace | None = None, progress: bool = True) -> int:
+async def serve(config, *, demo: argparse.Namespace | None = None, progress: bool = True,
+                web: str | None = None) -> int:
     """Run until SIGTERM/SIGINT: store, exchange clients, refresher, gRPC server; then shut down
     gracefully (health NOT_SERVING, streams end with OK, refresher stopped, store closed)."""
     from ..model.bars import parse_time
@@ -134,6 +137,7 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     refresher = None
     server = None
     endpoint = None
+    page = None   # the web gateway (heatsvc.web), when --web
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -156,6 +160,9 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
         print(f"heatsvc: serving heatsvc.v1 on {host}:{port} ({len(config.markets)} markets, backend "
               f"{config.backend}, {tls}, {tokens}); health NOT_SERVING until data is loaded", flush=True)
         endpoint = start_metrics(config, demo=demo is not None)
+        if web:
+            from ..web.cli import start_embedded
+            page = await start_embedded(config, port, web)
         starting = asyncio.create_task(refresher.start())
         stopper = asyncio.create_task(stopping.wait())
         await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -167,6 +174,8 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
             starting.cancel()
         return 0
     finally:
+        if page is not None:
+            await page.stop()
         if server is not None:
             await server.stop()
         if endpoint is not None:
