@@ -88,7 +88,9 @@ class Security:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         if not self.allowed(scope):
-            if scope["type"] == "websocket":
+            if scope["type"] == "websocket":   # accepted, then closed with a code the page understands
+                await receive()
+                await send({"type": "websocket.accept"})
                 return await send({"type": "websocket.close", "code": 4401, "reason": "token required"})
             if scope["path"] == "/" and scope["method"] == "GET":
                 response = RedirectResponse("/login", status_code=303)
@@ -191,7 +193,8 @@ class Gateway:
     """The app's state: the upstream client, the browsers, the token."""
 
     def __init__(self, target: str, token: str | None = None, credentials=None):
-        self.upstream = Upstream(target, token, credentials)
+        self.args = (target, token, credentials)
+        self.upstream: Upstream | None = None    # made on the server's event loop, at start-up
         self.token = token
         self.browsers: set[Browser] = set()
         self.started = time.time()
@@ -239,10 +242,10 @@ class Gateway:
     async def socket(self, ws: WebSocket):
         origin = ws.headers.get("origin")
         host = ws.headers.get("host", "")
+        await ws.accept()
         if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
             await ws.close(code=4403, reason="foreign origin")
             return
-        await ws.accept()
         browser = Browser(ws)
         self.browsers.add(browser)
         sender = asyncio.create_task(browser.sender())
@@ -312,6 +315,7 @@ def create_app(target: str, token: str | None = None, credentials=None) -> Starl
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        gw.upstream = Upstream(*gw.args)
         yield
         await gw.close()
 
