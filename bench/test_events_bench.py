@@ -135,7 +135,7 @@ def test_events_to_1000_subscribers(benchmark, tmp_path):
 
         def one_step():
             marks.append(proc.send(cmd="step", wait=False))
-            time.sleep(0.6)   # every subscriber has what this refresh published
+            time.sleep(1.0)   # every subscriber has what this refresh published
 
         benchmark.pedantic(one_step, rounds=steps, iterations=1)
         while len(marks) < steps:   # a disabled benchmark runs the function once

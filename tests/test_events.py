@@ -136,11 +136,11 @@ def test_confluence_levels_are_maximal_overlaps_of_two_or_more_lookbacks():
     levels = confluence(reports)
     got = [(v.side, v.price_low, v.price_high, v.lookbacks, v.score, v.notional) for v in levels]
     assert got == [
-        ("short", 108, 109, ("1d", "7d", "1M"), 3, 6.0),   # all three agree here
+        ("short", 107, 110, ("1d", "7d", "1M"), 3, 6.0),   # two or three agree all along 107-110
         ("long", 94, 95, ("1d", "1M"), 2, 10.0),
-        ("short", 107, 108, ("1d", "7d"), 2, 3.0),          # two of them on either side of it
-        ("short", 109, 110, ("1d", "7d"), 2, 3.0),
     ]
+    assert levels[0].zones == (reports["1d"].above[0], reports["7d"].above[0], reports["1M"].above[0])
+    assert [v.price_low for v in confluence(reports, min_score=3)] == [108]
 
 
 def test_confluence_of_disjoint_or_single_lookbacks_is_empty_and_options_are_checked():
