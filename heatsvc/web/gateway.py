@@ -297,8 +297,9 @@ class Gateway:
             if browser.feed is not None:
                 self.upstream.leave(browser.feed, browser)
             browser.feed = self.upstream.join(key, browser)
-            browser.say(json.dumps({"type": "subscribed", "view": browser.feed.id, "req": msg.get("req"),
-                                    "market": key[0], "lookback": key[1], "threshold": key[2]}))
+        req = msg.get("req") if isinstance(msg.get("req"), int) else None
+        browser.say(json.dumps({"type": "subscribed", "view": browser.feed.id, "req": req,
+                                "market": key[0], "lookback": key[1], "threshold": key[2]}))
         browser.boost, browser.mask = boost, mask
         browser.wake()
 
