@@ -345,5 +345,6 @@ def uvicorn_server(target: str, listen: str, token: str | None = None, credentia
 
     host, _, port = listen.rpartition(":")
     config = uvicorn.Config(create_app(target, token, credentials), host=host.strip("[]") or "127.0.0.1",
-                            port=int(port), log_level="warning", ws_max_size=MAX_MESSAGE * 4, lifespan="on")
+                            port=int(port), log_level="warning", ws_max_size=MAX_MESSAGE * 4, lifespan="on",
+                            ws_per_message_deflate=False)   # frames are built once for all: no per-socket compression
     return _Embedded.make(config) if embedded else uvicorn.Server(config)

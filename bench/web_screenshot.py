@@ -1,0 +1,33 @@
+"""Screenshot of the live page (docs/web.png), in headless Chromium, of a running gateway:
+
+    heatsvc serve --demo --web &      # wait ~2.5 min: the demo's HYPEUSDT crash arrives about 2 min in
+    python bench/web_screenshot.py http://127.0.0.1:8080 binance:HYPEUSDT 1d docs/web.png
+"""
+import sys
+import time
+
+from playwright.sync_api import sync_playwright
+
+
+def main(url: str, market: str, lookback: str, out: str) -> None:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium",
+                                    args=["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1400, "height": 800})
+        page.goto(url + "/")
+        for _ in range(300):
+            if page.evaluate("window.heatsvc && heatsvc.state.frames > 0"):
+                break
+            time.sleep(0.1)
+        page.select_option("#market", market)
+        page.click(f"#lookbacks button[data-value='{lookback}']")
+        time.sleep(3)
+        box = page.locator("#chart").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.55)
+        time.sleep(0.5)
+        page.screenshot(path=out)
+        browser.close()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
