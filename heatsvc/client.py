@@ -280,22 +280,16 @@ def run(command: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def watch(stub, args, console: Console) -> int:
-    """Follow a view's zone reports, redrawing the table on every update, until Ctrl-C or the server ends."""
-    request = pb.StreamHeatmapRequest(view=view(args), zone_options=zone_options(args), zones_only=True)
-    stream = stub.StreamHeatmap(request, metadata=metadata(args))
+def follow(stream, args, show) -> int:
+    """Hand each message of a server stream to show(msg) until --count messages, Ctrl-C or the server's end."""
     seen = 0
     try:
-        with Live(Text(f"waiting for {args.market} ..."), console=console, auto_refresh=False) as live:
-            for msg in stream:
-                seen += 1
-                kind = pb.UpdateKind.Name(msg.kind).removeprefix("UPDATE_KIND_").lower()
-                note = f" (skipped {msg.skipped_updates} updates)" if msg.gap_skipped else ""
-                title = f"{msg.zones.market} {msg.zones.lookback} zones - update #{msg.sequence} {kind}{note}"
-                live.update(zone_table(msg.zones, title), refresh=True)
-                if args.count and seen >= args.count:
-                    stream.cancel()
-                    return 0
+        for msg in stream:
+            seen += 1
+            show(msg)
+            if args.count and seen >= args.count:
+                stream.cancel()
+                return 0
     except KeyboardInterrupt:
         stream.cancel()
         return 0
@@ -305,6 +299,18 @@ def watch(stub, args, console: Console) -> int:
         raise
     print("server ended the stream", file=sys.stderr)
     return 0
+
+
+def watch(stub, args, console: Console) -> int:
+    """Follow a view's zone reports, redrawing the table on every update, until Ctrl-C or the server ends."""
+    request = pb.StreamHeatmapRequest(view=view(args), zone_options=zone_options(args), zones_only=True)
+    with Live(Text(f"waiting for {args.market} ..."), console=console, auto_refresh=False) as live:
+        def show(msg):
+            kind = pb.UpdateKind.Name(msg.kind).removeprefix("UPDATE_KIND_").lower()
+            note = f" (skipped {msg.skipped_updates} updates)" if msg.gap_skipped else ""
+            title = f"{msg.zones.market} {msg.zones.lookback} zones - update #{msg.sequence} {kind}{note}"
+            live.update(zone_table(msg.zones, title), refresh=True)
+        return follow(stub.StreamHeatmap(request, metadata=metadata(args)), args, show)
 
 
 def confluence_table(levels, report: pb.ZoneReport) -> Group:
@@ -356,27 +362,14 @@ def alerts(stub, args, console: Console) -> int:
             raise ValueError(f"--kinds: {name!r} is not a zone event kind; use "
                              + ", ".join(k.removeprefix("ZONE_EVENT_KIND_") for k in EVENT_KINDS))
         request.kinds.append(pb.ZoneEventKind.Value(full))
-    stream = stub.StreamZoneEvents(request, metadata=metadata(args))
-    seen = 0
-    try:
-        for msg in stream:
-            seen += 1
-            if msg.kind == pb.UPDATE_KIND_SNAPSHOT:
-                for r in msg.reports:
-                    note = f" (skipped {msg.skipped_updates} updates)" if msg.gap_skipped else ""
-                    console.print(f"watching {r.zones.market} {r.zones.lookback}: {len(r.zones.above)} zones above, "
-                                  f"{len(r.zones.below)} below, price {price_text(r.zones.price)}{note}")
-            for e in msg.events:
-                console.print(event_line(e))
-            if args.count and seen >= args.count:
-                stream.cancel()
-                return 0
-    except KeyboardInterrupt:
-        stream.cancel()
-        return 0
-    except grpc.RpcError as error:
-        if error.code() == grpc.StatusCode.CANCELLED and args.count and seen >= args.count:
-            return 0
-        raise
-    print("server ended the stream", file=sys.stderr)
-    return 0
+
+    def show(msg):
+        if msg.kind == pb.UPDATE_KIND_SNAPSHOT:
+            note = f" (skipped {msg.skipped_updates} updates)" if msg.gap_skipped else ""
+            for r in msg.reports:
+                console.print(f"watching {r.zones.market} {r.zones.lookback}: {len(r.zones.above)} zones above, "
+                              f"{len(r.zones.below)} below, price {price_text(r.zones.price)}{note}")
+        for e in msg.events:
+            console.print(event_line(e))
+
+    return follow(stub.StreamZoneEvents(request, metadata=metadata(args)), args, show)
