@@ -23,7 +23,13 @@ def main(url: str, market: str, lookback: str, out: str) -> None:
         page.click(f"#lookbacks button[data-value='{lookback}']")
         time.sleep(3)
         box = page.locator("#chart").bounding_box()
-        page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.55)
+        # hover the hottest cell of a column three quarters along, to show the tooltip
+        at = page.evaluate("""() => { const f = heatsvc.state.frame, c = Math.floor(f.columns * 0.75);
+            let best = 0;
+            for (let r = 0; r < f.rows; r++) if (Math.max(f.long[r * f.columns + c], f.short[r * f.columns + c]) >
+                Math.max(f.long[best * f.columns + c], f.short[best * f.columns + c])) best = r;
+            return heatsvc.cellCentre(c, best); }""")
+        page.mouse.move(box["x"] + at["x"], box["y"] + at["y"])
         time.sleep(0.5)
         page.screenshot(path=out)
         browser.close()

@@ -174,7 +174,7 @@ function zoneRow(z) {
   const tr = document.createElement('tr');
   tr.dataset.low = String(z.low); tr.dataset.high = String(z.high); tr.dataset.notional = String(z.notional);
   for (const [text, cls] of [[`${fmtPrice(z.low)}–${fmtPrice(z.high)}`, ''], [fmtNotional(z.notional), 'n'],
-    [fmtPct(z.side === 'long' ? -z.distance_pct : z.distance_pct), 'n']]) {
+    [fmtPct(z.distance_pct), 'n']]) {   // signed: negative below the price
     const td = document.createElement('td');
     td.textContent = text;
     if (cls) td.className = cls;
@@ -287,6 +287,12 @@ state.boost = Number($('boost').value);
 state.threshold = Number($('threshold').value);
 applyTheme(localStorage.getItem('heatsvc-theme') || 'dark');
 // For tests and the redraw benchmark: the page's state and its drawing, nothing that changes the view.
-window.heatsvc = { state, redraw, conn };
+/** Where cell (column, row) is drawn, in the chart's CSS pixels (for tests and screenshots). */
+function cellCentre(col, row) {
+  const g = geometry(), f = state.frame;
+  if (!g || !f) return null;
+  return { x: g.x0 + ((col + 0.5) * (g.x1 - g.x0)) / f.columns, y: g.yBottom - ((row + 0.5) * (g.yBottom - g.yTop)) / f.rows };
+}
+window.heatsvc = { state, redraw, conn, cellCentre };
 conn.connect();
 requestAnimationFrame(tick);
