@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -324,3 +325,47 @@ def test_the_token_is_required_on_every_request_and_socket(web_stack):
         run(sockets())
     finally:
         g.close()
+
+
+def test_zone_events_reach_the_socket_as_the_service_sends_them(gateway, web_stack):
+    import threading
+
+    view = pb.View(market="binance:BTCUSDT", lookback="12h")
+    call = web_stack.stub.StreamZoneEvents(pb.StreamZoneEventsRequest(
+        views=[view], zone_options=pb.ZoneOptions(threshold=0.3)))
+    direct: list[dict] = []
+    first = threading.Event()
+
+    def read():
+        try:
+            for msg in call:
+                direct.extend(frames.event(ev) for ev in msg.events)
+                first.set()
+        except grpc.RpcError:       # cancelled at the end of the test
+            pass
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert first.wait(20)              # the snapshot: the direct stream is in place
+
+    async def go():
+        async with websockets.connect(ws_url(gateway), max_size=None) as ws:
+            await subscribe(ws, market="binance:BTCUSDT", lookback="12h", threshold=0.3)
+            await asyncio.sleep(0.5)   # the gateway's own events stream has had its snapshot
+            latest = None
+            for _ in range(12):
+                await asyncio.to_thread(web_stack.step, 3 * 300_000)
+                try:
+                    while True:
+                        latest = (await recv_until(ws, lambda m: m["type"] == "events", timeout=1.5))["events"]
+                except asyncio.TimeoutError:
+                    pass
+                if direct and latest == direct[-20:]:
+                    break
+            return latest
+    try:
+        latest = run(go())
+    finally:
+        call.cancel()
+    assert direct, "no zone events in 12 refreshes: the test data no longer exercises them"
+    assert latest == direct[-20:]
+    assert {e["kind"] for e in latest} <= {"ZONE_NEW", "ZONE_SWEPT", "PRICE_NEAR", "MAGNET_CHANGED", "SKEW_FLIPPED"}

@@ -26,9 +26,10 @@ JSON messages (text frames), each an object with "type":
     zones     the zone report (MODEL.md section 9) of the view at the current price
     status    the upstream state of the subscription: "ok", "waiting" (reconnecting), "error"
     error     a refused browser message or an upstream error, with "message" (and "field")
-    liquidations, events
-              reserved for realised liquidations and zone events (StreamZoneEvents): the page
-              ignores types it does not know, so they slot in without a protocol change.
+    events    the view's most recent zone events (StreamZoneEvents: new, swept, neared zones, magnet, skew)
+    liquidations
+              reserved for realised liquidations: the page ignores types it does not know, so new
+              kinds slot in without a protocol change.
 
 Every JSON message of a subscription carries "sub" so the page can ignore what is stale.
 """
@@ -135,6 +136,21 @@ def markets(resp: pb.ListMarketsResponse, token_required: bool) -> str:
         "tiers": [{"leverage": t.leverage, "weight": t.weight} for t in resp.parameters.tiers],
         "token_required": token_required,
     }, separators=(",", ":"))
+
+
+def event(ev: pb.ZoneEvent) -> dict:
+    """One zone event (MODEL.md section 13) as JSON."""
+    return {"kind": pb.ZoneEventKind.Name(ev.kind).removeprefix("ZONE_EVENT_KIND_"),
+            "data_time": ev.data_time.ToMilliseconds(), "price": ev.price,
+            "zone": zone(ev.zone) if ev.HasField("zone") else None,
+            "previous_zone": zone(ev.previous_zone) if ev.HasField("previous_zone") else None,
+            "skew_label": SKEW.get(ev.skew_label, ""), "previous_skew_label": SKEW.get(ev.previous_skew_label, ""),
+            "distance_pct": ev.distance_pct}
+
+
+def events(sub: int, recent: list[dict]) -> str:
+    """The view's most recent zone events, newest last (a browser that skipped a state still sees them)."""
+    return json.dumps({"type": "events", "sub": sub, "events": recent}, separators=(",", ":"))
 
 
 def status(sub: int, state: str, message: str = "") -> str:

@@ -121,7 +121,7 @@ class Browser:
         self.boost = 1.0
         self.mask: tuple[bool, ...] | None = None
         self.control: collections.deque[str] = collections.deque(maxlen=CONTROL_DEPTH)
-        self.sent = (None, -1, -1, -1, None)   # feed id, heat, zones, status versions, (boost, mask)
+        self.sent = (None, -1, -1, -1, None, -1)   # feed id, heat, zones, status versions, (boost, mask), events
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -141,9 +141,9 @@ class Browser:
             feed = self.feed
             if feed is None:
                 continue
-            fid, heat, zones, status, display = self.sent
+            fid, heat, zones, status, display, events = self.sent
             if fid != feed.id:
-                heat = zones = status = -1
+                heat = zones = status = events = -1
             if status != feed.status_version:
                 status = feed.status_version
                 await self.ws.send_text(frames.status(feed.id, feed.state, feed.message))
@@ -154,7 +154,10 @@ class Browser:
             if feed.zones_json is not None and zones != feed.zones_version:
                 zones = feed.zones_version
                 await self.ws.send_text(feed.zones_json)
-            self.sent = (feed.id, heat, zones, status, display)
+            if feed.events_json is not None and events != feed.events_version:
+                events = feed.events_version
+                await self.ws.send_text(feed.events_json)
+            self.sent = (feed.id, heat, zones, status, display, events)
 
 
 def _number(msg: dict, name: str, default: float, ok) -> float:

@@ -13,6 +13,7 @@ INVALID_ARGUMENT and UNAUTHENTICATED are final and reported as errors.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import time
@@ -28,6 +29,7 @@ log = logging.getLogger("heatsvc.web")
 FINAL = {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
          grpc.StatusCode.PERMISSION_DENIED}
 MARKETS_TTL_S = 10.0
+RECENT_EVENTS = 20      # zone events kept per view and sent whole
 _ids = itertools.count(1)
 
 
@@ -49,14 +51,18 @@ class Feed:
         self._tiers: list[tuple[np.ndarray, np.ndarray]] = []
         self._total: tuple[np.ndarray, np.ndarray] | None = None
         self._frames: dict[tuple, bytes] = {}
-        self._task: asyncio.Task | None = None
+        self.recent_events: collections.deque[dict] = collections.deque(maxlen=RECENT_EVENTS)
+        self.events_version = 0
+        self.events_json: str | None = None
+        self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"feed {self.key}")
+        self._tasks = [asyncio.create_task(self._run(), name=f"feed {self.key}"),
+                       asyncio.create_task(self._events(), name=f"events {self.key}")]
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
 
     def frame(self, boost: float, mask: tuple[bool, ...] | None) -> bytes | None:
         """The grid frame for a boost and tier selection (None: all tiers), built once per heatmap."""
@@ -127,6 +133,33 @@ class Feed:
             except Exception as exc:   # a bug decoding one message must not kill the gateway
                 log.exception("feed %s failed", self.key)
                 self._set_status("waiting", f"gateway error: {exc}")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
+    async def _events(self) -> None:
+        """The view's zone events (StreamZoneEvents), kept as the RECENT_EVENTS newest; quietly
+        ends when the service does not offer them."""
+        market, lookback, threshold = self.key
+        req = pb.StreamZoneEventsRequest(views=[pb.View(market=market, lookback=lookback)],
+                                         zone_options=pb.ZoneOptions(threshold=threshold))
+        backoff = 0.25
+        while True:
+            try:
+                async for msg in self.upstream.stub.StreamZoneEvents(req, metadata=self.upstream.metadata):
+                    backoff = 0.25
+                    if msg.events:
+                        self.recent_events.extend(frames.event(ev) for ev in msg.events)
+                        self.events_json = frames.events(self.id, list(self.recent_events))
+                        self.events_version += 1
+                        self._wake()
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in FINAL or exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    return
+            except Exception:
+                log.exception("events of %s failed", self.key)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 

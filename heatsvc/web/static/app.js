@@ -197,16 +197,34 @@ function onZones(msg) {
   state.dirty = state.dirty || true;
 }
 
+function eventText(e) {
+  const z = e.zone, where = z ? ` ${z.side} ${fmtPrice(z.low)}–${fmtPrice(z.high)} (${fmtNotional(z.notional)})` : '';
+  const extra = e.kind === 'SKEW_FLIPPED' ? ` ${e.previous_skew_label} → ${e.skew_label}`
+    : e.kind === 'PRICE_NEAR' ? ` ${e.distance_pct.toFixed(2)}% away` : '';
+  return `${fmtTime(e.data_time).slice(5, 16)} ${e.kind.toLowerCase().replace('_', ' ')}${where}${extra}`;
+}
+
+function onEvents(events) {   // the view's newest zone events (StreamZoneEvents), newest first
+  $('events').replaceChildren(...events.slice().reverse().slice(0, 10).map((e) => {
+    const li = document.createElement('li');
+    li.textContent = eventText(e);
+    li.dataset.kind = e.kind;
+    return li;
+  }));
+}
+
 function onMessage(msg) {
   const mine = msg.sub === undefined || msg.sub === null || msg.sub === state.view;
   switch (msg.type) {
     case 'markets': onMarkets(msg); break;
-    case 'subscribed': if (msg.req === state.req) state.view = msg.view; break;
+    case 'subscribed':
+      if (msg.req === state.req && msg.view !== state.view) { state.view = msg.view; $('events').replaceChildren(); }
+      break;
     case 'status': if (mine) setConn(msg.state === 'ok' ? 'live' : msg.state, msg.message); break;
     case 'view': if (mine) { onView(msg); state.dirty = 'rebuild'; } break;
     case 'zones': if (mine) onZones(msg); break;
     case 'error': showError(msg.message); break;
-    case 'events': if (mine) $('events').textContent = (msg.events || []).map((e) => e.kind).join(', '); break;
+    case 'events': if (mine) onEvents(msg.events || []); break;
     case 'liquidations': if (mine) realised.setData(msg.times.map((ms, i) => ({ time: Math.floor(ms / 1000), value: msg.long[i] + msg.short[i] }))); break;
     default: break;   // unknown types are ignored, so new ones can be added without breaking old pages
   }
