@@ -197,6 +197,7 @@ def test_a_wrong_token_is_refused_and_the_right_one_opens_the_page(browser, web_
     try:
         p = Page(browser, g.url + "/")
         assert p.page.url.endswith("/login")
+        assert p.errors == []          # the login form loads nothing it would be refused
         p.page.fill("input[name=token]", "not-the-token")
         p.page.click("button[type=submit]")
         assert "Wrong token" in p.page.content()

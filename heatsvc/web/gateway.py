@@ -51,7 +51,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self' " + ATTRIBUTION_
 MAX_MESSAGE = 4096         # bytes of one browser message
 CONTROL_DEPTH = 16         # control messages (errors) held per browser; older ones are dropped
 OPEN_PATHS = ("/health", "/login")
-LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>heatsvc: token</title></head>
+LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>heatsvc: token</title><link rel="icon" href="data:,"></head>
 <body><h1>heatsvc</h1><p>This service needs a token.</p>{error}
 <form method="post" action="/login"><label>Token <input type="password" name="token" autofocus></label>
 <button type="submit">Open</button></form></body></html>"""
