@@ -369,3 +369,25 @@ def test_zone_events_reach_the_socket_as_the_service_sends_them(gateway, web_sta
     assert direct, "no zone events in 12 refreshes: the test data no longer exercises them"
     assert latest == direct[-20:]
     assert {e["kind"] for e in latest} <= {"ZONE_NEW", "ZONE_SWEPT", "PRICE_NEAR", "MAGNET_CHANGED", "SKEW_FLIPPED"}
+
+
+def test_serve_web_hook_runs_the_gateway_on_the_server_loop(web_stack):
+    """`heatsvc serve --web`: the gateway started on the server's own event loop, then stopped."""
+    from heatsvc.config import with_overrides
+    from heatsvc.web.cli import start_embedded
+
+    port = free_port()
+    config = with_overrides(web_stack.config, listen="127.0.0.1:0")
+    page = web_stack.call(start_embedded(config, web_stack.port, f"127.0.0.1:{port}"))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url + "/health", timeout=5).json()["upstream"] == "ok"
+
+        async def go():
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+                return await subscribe(ws, market="all:ETHUSDT", lookback="12h")
+        assert run(go())["frame"]["rows"] == 400
+    finally:
+        web_stack.call(page.stop())
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)

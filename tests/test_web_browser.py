@@ -209,3 +209,21 @@ def test_a_wrong_token_is_refused_and_the_right_one_opens_the_page(browser, web_
         p.page.close()
     finally:
         g.close()
+
+
+def test_csv_and_png_exports_download_the_view(page):
+    with page.page.expect_download() as info:
+        page.page.click("#png")
+    png = open(info.value.path(), "rb").read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    with page.page.expect_download() as info:
+        page.page.click("#csv")
+    lines = open(info.value.path()).read().splitlines()
+    assert lines[0].startswith("column_time_utc,price_low") and len(lines) > 100
+    assert info.value.suggested_filename.endswith(".csv")
+    # the liquidation map of the newest column is drawn too
+    painted = page.js("""() => { const c = document.getElementById('map');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; }""")
+    assert painted > 500
+    assert page.errors == []

@@ -30,6 +30,7 @@ FINAL = {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.Statu
          grpc.StatusCode.PERMISSION_DENIED}
 MARKETS_TTL_S = 10.0
 RECENT_EVENTS = 20      # zone events kept per view and sent whole
+FRAME_CACHE = 16        # grid frames kept per view (boost x tier choices in use)
 _ids = itertools.count(1)
 
 
@@ -81,6 +82,8 @@ class Feed:
                 long = sum((t[0] for t in chosen), np.zeros(shape, np.float32))
                 short = sum((t[1] for t in chosen), np.zeros(shape, np.float32))
             data = frames.grid_frame(self.id, self.sequence, long, short, boost)
+            if len(self._frames) >= FRAME_CACHE:      # many distinct boosts: forget the oldest
+                del self._frames[next(iter(self._frames))]
             self._frames[cache_key] = data
         return data
 
