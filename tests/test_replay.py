@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -623,3 +625,18 @@ def test_injected_binance_1008_throttles_are_400_or_503(http):
         rx.faults.rate_1008 = 0.0
         assert get(http, rx.base_url("binance") + "/fapi/v1/klines", symbol="BTCUSDT",
                    interval="5m").status_code == 200
+
+
+def test_injected_faults_answer_as_the_recorded_exchanges_do(http):
+    """The replay's ban and throttle answers have the shapes of the bodies recorded in tests/fixtures."""
+    fixtures = Path(__file__).parent / "fixtures"
+    with small_replay(faults=Faults(rate_418=1.0, ban_s=30)) as rx:
+        binance = get(http, rx.base_url("binance") + "/fapi/v1/time")
+        bybit = get(http, rx.base_url("bybit") + "/v5/market/time")
+        okx = get(http, rx.base_url("okx") + "/api/v5/public/time")
+    recorded = json.loads((fixtures / "binance/418-banned.json").read_text())
+    assert binance.status_code == 418 and binance.json()["code"] == recorded["code"]
+    shape = re.compile(r"Way too much request weight used; IP banned until \d{13}\. Please use the websocket")
+    assert shape.match(recorded["msg"]) and shape.match(binance.json()["msg"])
+    assert bybit.status_code == 403 and bybit.content == (fixtures / "bybit/403-access-too-frequent.txt").read_bytes()
+    assert okx.status_code == 429 and okx.json() == json.loads((fixtures / "okx/50011-too-many-requests.json").read_text())

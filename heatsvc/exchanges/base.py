@@ -69,21 +69,29 @@ class Retry(Exception):
 
 
 class RateWindow:
-    """At most `limit` requests in any `period_s` seconds (a client-side sliding window)."""
+    """At most `limit` requests in any `period_s` seconds, however the server counts them: a request
+    counts from the moment it is let through until `period_s` after its answer arrived, so requests
+    that queue on our side (a busy connection pool, a slow server) cannot reach the server in a burst."""
 
     def __init__(self, limit: int, period_s: float):
         self.limit, self.period_s = limit, period_s
-        self.sent: deque[float] = deque()
+        self.done: deque[float] = deque()     # when recent answers arrived (time.monotonic())
+        self.pending = 0                      # let through, not answered yet
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> RateWindow:
         while True:
             now = time.monotonic()
-            while self.sent and now - self.sent[0] >= self.period_s:
-                self.sent.popleft()
-            if len(self.sent) < self.limit:
-                self.sent.append(now)
-                return
-            await asyncio.sleep(self.period_s - (now - self.sent[0]) + 0.001)
+            while self.done and now - self.done[0] >= self.period_s:
+                self.done.popleft()
+            if len(self.done) + self.pending < self.limit:
+                self.pending += 1
+                return self
+            await asyncio.sleep(self.period_s - (now - self.done[0]) + 0.001 if self.done else 0.01)
+
+    def release(self) -> None:
+        """The request let through by acquire() has its answer (or failed)."""
+        self.pending -= 1
+        self.done.append(time.monotonic())
 
 
 @cache
@@ -200,8 +208,10 @@ class ExchangeClient:
         ceiling = min(self.backoff_cap_s, self.backoff_s * 2 ** attempt)
         return ceiling * (0.5 + 0.5 * self.random.random())
 
-    async def pace(self, path: str, weight: int) -> None:
-        """Wait, if needed, so that this request stays within the exchange's limits."""
+    async def pace(self, path: str, weight: int) -> RateWindow | None:
+        """Wait, if needed, so that this request stays within the exchange's limits; returns the
+        RateWindow it was let through by (released when the answer is in), if any."""
+        return None
 
     def observe(self, path: str, response: httpx.Response) -> None:
         """Learn from the response's rate-limit headers."""
@@ -222,10 +232,14 @@ class ExchangeClient:
         for attempt in range(self.max_retries + 1):
             if not url:
                 await self.wait_hold()
-            await self.pace(path, weight)
+            window = await self.pace(path, weight)
             wait = None
             try:
-                response, body = await self.fetch(path, target, params, max_bytes or self.max_body_bytes)
+                try:
+                    response, body = await self.fetch(path, target, params, max_bytes or self.max_body_bytes)
+                finally:
+                    if window is not None:
+                        window.release()
                 self.requests["archive" if url else path] += 1
                 self.observe(path, response)
                 return self.answer(path, response, body, raw=raw, parse=parse)

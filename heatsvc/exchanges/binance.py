@@ -122,19 +122,18 @@ class BinanceClient(ExchangeClient):
         self._contracts: dict[str, tuple[str, str]] | None = None   # symbol -> (contractType, status)
 
     # ----- rate limits ---------------------------------------------------------------------
-    async def pace(self, path: str, weight: int) -> None:
+    async def pace(self, path: str, weight: int) -> RateWindow | None:
         if path.startswith("/futures/data/"):
-            await self.stats_window.acquire()
-            return
+            return await self.stats_window.acquire()
         if weight == 0:
-            return
+            return None
         while True:
             minute = int(time.time() // 60)
             if minute != self.weight_minute:
                 self.weight_minute, self.used_weight = minute, 0
             if self.used_weight + weight <= self.weight_limit * self.weight_safety:
                 self.used_weight += weight
-                return
+                return None
             wait = (minute + 1) * 60 - time.time() + 0.05
             log.info("binance: used weight %d of %d this minute; pausing %.1f s", self.used_weight,
                      self.weight_limit, wait)

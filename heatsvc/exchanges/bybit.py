@@ -65,11 +65,11 @@ class BybitClient(ExchangeClient):
         self.paused_until = 0.0
         self.min_remaining: int | None = None            # lowest X-Bapi-Limit-Status seen (reporting)
 
-    async def pace(self, path: str, weight: int) -> None:
+    async def pace(self, path: str, weight: int) -> RateWindow:
         wait = self.paused_until - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        await self.window.acquire()
+        return await self.window.acquire()
 
     def observe(self, path: str, response: httpx.Response) -> None:
         remaining = response.headers.get("X-Bapi-Limit-Status")

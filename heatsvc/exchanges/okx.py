@@ -65,10 +65,9 @@ class OkxClient(ExchangeClient):
         self.windows = {path: RateWindow(n, 2.0) for path, n in {**LIMITS, **(limits or {})}.items()}
         self.contract_size: dict[str, float] = {}   # symbol -> base units per contract (ctVal x ctMult)
 
-    async def pace(self, path: str, weight: int) -> None:
+    async def pace(self, path: str, weight: int) -> RateWindow | None:
         window = self.windows.get(path)
-        if window is not None:
-            await window.acquire()
+        return None if window is None else await window.acquire()
 
     def check_body(self, path: str, response: httpx.Response, body):
         if not isinstance(body, dict) or "code" not in body:
