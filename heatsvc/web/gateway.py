@@ -271,6 +271,8 @@ class Gateway:
             pass
         finally:
             sender.cancel()
+            if sender.done() and not sender.cancelled():
+                sender.exception()   # the browser went away mid-send: nothing to report
             self.browsers.discard(browser)
             if browser.feed is not None:
                 self.upstream.leave(browser.feed, browser)

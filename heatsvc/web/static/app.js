@@ -255,6 +255,8 @@ function applyTheme(theme) {
   document.documentElement.dataset.theme = theme;
   $('theme').textContent = theme === 'dark' ? 'Light' : 'Dark';
   chart.applyOptions({ layout: { textColor: css('--fg') } });
+  const up = css('--candle-up'), down = css('--candle-down');
+  candles.applyOptions({ upColor: up, downColor: down, wickUpColor: up, wickDownColor: down });
   sweptShort.applyOptions({ color: css('--short') });
   sweptLong.applyOptions({ color: css('--long') });
   localStorage.setItem('heatsvc-theme', theme);
