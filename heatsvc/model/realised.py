@@ -11,6 +11,30 @@ from dataclasses import dataclass
 import numpy as np
 
 
+SIDES = ("long", "short")
+
+
+@dataclass(frozen=True)
+class Liquidation:
+    """One observed liquidation (MODEL.md section 12): the side is the liquidated position's."""
+    market: str        # "exchange:SYMBOL"
+    time_ms: int       # the exchange's event time
+    side: str          # "long" or "short"
+    price: float       # average fill price when given, else the order's price (quote currency)
+    quantity: float    # base units
+
+    def __post_init__(self):
+        if self.side not in SIDES:
+            raise ValueError(f"{self.market}: liquidation side must be long or short, got {self.side!r}")
+        if not (self.price > 0 and self.quantity > 0) or self.price == float("inf") or self.quantity == float("inf"):
+            raise ValueError(f"{self.market}: liquidation price and quantity must be finite and > 0, "
+                             f"got {self.price!r} x {self.quantity!r}")
+
+    @property
+    def notional(self) -> float:
+        return self.price * self.quantity
+
+
 @dataclass
 class RealisedSeries:
     long: np.ndarray       # notional of liquidated longs per column, quote currency (NaN: not covered)
