@@ -292,8 +292,8 @@ class Gateway:
             key, boost, mask = await validate(self.upstream, msg)
         except ValueError as exc:
             field = str(exc)
-            browser.say(frames.error(f"bad {field}: {str(msg.get(field))[:64] if isinstance(msg, dict) else msg!r}",
-                                     field))
+            got = msg.get(field) if isinstance(msg, dict) else msg
+            browser.say(frames.error(f"bad {field}: {str(got)[:64]}", field))
             return
         except grpc.aio.AioRpcError as exc:
             browser.say(frames.error(f"service unavailable: {exc.code().name}", "upstream"))
