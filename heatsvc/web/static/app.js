@@ -49,6 +49,8 @@ const sweptLong = chart.addSeries(HistogramSeries, { color: css('--long'), price
 const realised = chart.addSeries(LineSeries, { color: css('--accent'), lineWidth: 1, priceLineVisible: false,
   lastValueVisible: false, title: 'realised', priceFormat: { type: 'volume' } }, 1);
 chart.panes()[1].setHeight(90);
+// the chart's log price scale is for prices; the estimated liquidations under it are linear notional
+sweptShort.priceScale().applyOptions({ mode: PriceScaleMode.Normal, scaleMargins: { top: 0.1, bottom: 0.1 } });
 
 function geometry() {
   const m = state.meta;
