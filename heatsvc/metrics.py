@@ -7,12 +7,15 @@ The refresher, the exchange clients and the service update these; the engine kno
 """
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Enum, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Enum, Gauge, Histogram, make_wsgi_app
 
 FETCH_ERROR_KINDS = ("rate_limited", "banned", "server_error", "timeout", "connection", "malformed",
                      "truncated", "too_large", "refused", "other")
@@ -41,6 +44,19 @@ WEBHOOK_DELIVERIES = Counter("heatsvc_webhook_deliveries_total",
                              "dropped (coalesced away while the endpoint was slow)", ["webhook", "result"])
 WEBHOOK_ATTEMPT_ERRORS = Counter("heatsvc_webhook_attempt_errors_total",
                                  "Failed webhook POST attempts, retried ones included", ["webhook"])
+RECORDER_STATES = ("connecting", "live", "silent", "backoff")
+RECORDER_STATE = Enum("heatsvc_liquidation_recorder_state",
+                      "The exchange's liquidation stream: live (heard), silent (connected, nothing heard), "
+                      "backoff (waiting to reconnect) or connecting", ["exchange"], states=list(RECORDER_STATES))
+RECORDER_EVENTS = Gauge("heatsvc_liquidation_events", "Liquidations received from the exchange since start",
+                        ["exchange"])
+RECORDER_MALFORMED = Gauge("heatsvc_liquidation_malformed_frames", "Stream frames skipped as malformed since start",
+                           ["exchange"])
+RECORDER_RECONNECTS = Gauge("heatsvc_liquidation_reconnects", "Stream connections after the first since start",
+                            ["exchange"])
+RECORDER_COVERED = Gauge("heatsvc_liquidation_covered_seconds",
+                         "Seconds of the exchange's stream heard since start (the rest is missing, not zero)",
+                         ["exchange"])
 ASYNCIO_TASKS = Gauge("heatsvc_asyncio_tasks", "asyncio tasks on the server's event loop")
 
 
@@ -78,10 +94,34 @@ class Endpoint:
         self.thread.join(5)
 
 
-def start(host: str, port: int) -> Endpoint:
-    """Serve the default registry on host:port (port 0 picks a free one); ValueError if it cannot bind."""
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - scrapes are not news
+        pass
+
+
+def guarded(app, authorize: Callable[[str], bool]):
+    """The WSGI app behind a bearer token: 401 unless `Authorization: Bearer TOKEN` is accepted."""
+    def app_with_token(environ, start_response):
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        if not (header.startswith("Bearer ") and authorize(header[7:])):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
+                                                ("WWW-Authenticate", 'Bearer realm="heatsvc metrics"')])
+            return [b"heatsvc metrics need a bearer token (Authorization: Bearer TOKEN)\n"]
+        return app(environ, start_response)
+    return app_with_token
+
+
+def start(host: str, port: int, authorize: Callable[[str], bool] | None = None) -> Endpoint:
+    """Serve the default registry on host:port (port 0 picks a free one), behind a bearer token when
+    `authorize` is given (the service's own tokens); ValueError if it cannot bind."""
+    app = make_wsgi_app() if authorize is None else guarded(make_wsgi_app(), authorize)
     try:
-        server, thread = start_http_server(port, host)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        server_class = type("MetricsServer", (ThreadingMixIn, WSGIServer), {"address_family": family,
+                                                                           "daemon_threads": True})
+        server = make_server(host, port, app, server_class=server_class, handler_class=_Quiet)
     except OSError as exc:
         raise ValueError(f"metrics_listen: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
     return Endpoint(server, thread, host, server.server_port)

@@ -400,3 +400,23 @@ def test_demo_goes_on_without_metrics_when_its_port_is_taken(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_with_tokens_a_scrape_needs_one_of_them():
+    from heatsvc.config import with_overrides
+    from heatsvc.service import start_metrics
+    config = with_overrides(parse({}, env={}), metrics_listen="127.0.0.1:0", auth_token="scrape-token-1")
+    endpoint = start_metrics(config, demo=False)
+    try:
+        assert httpx.get(endpoint.url, timeout=10).status_code == 401
+        wrong = httpx.get(endpoint.url, headers={"Authorization": "Bearer scrape-token-2"}, timeout=10)
+        assert wrong.status_code == 401 and "bearer token" in wrong.text and "scrape-token" not in wrong.text
+        ok = httpx.get(endpoint.url, headers={"Authorization": "Bearer scrape-token-1"}, timeout=10)
+        assert ok.status_code == 200 and "heatsvc_asyncio_tasks" in ok.text
+    finally:
+        endpoint.stop()
+    open_endpoint = start_metrics(with_overrides(config, auth_token=None), demo=False)
+    try:
+        assert httpx.get(open_endpoint.url, timeout=10).status_code == 200   # no tokens: no token asked
+    finally:
+        open_endpoint.stop()

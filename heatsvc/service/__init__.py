@@ -90,8 +90,11 @@ def start_metrics(config, *, demo: bool):
     listen = config.metrics_listen or (DEMO_METRICS if demo else None)
     if listen is None:
         return None
+    from .auth import Tokens, load_tokens
+    tokens = Tokens(load_tokens(config))   # with tokens, scrapes need one too
+    authorize = (lambda token: tokens.name_of(token) is not None) if len(tokens) else None
     try:
-        endpoint = metrics.start(*address(listen, "metrics_listen"))
+        endpoint = metrics.start(*address(listen, "metrics_listen"), authorize)
     except ValueError as exc:
         if config.metrics_listen:
             raise
@@ -100,8 +103,32 @@ def start_metrics(config, *, demo: bool):
     print(f"heatsvc: Prometheus metrics at {endpoint.url}", flush=True)
     if not is_loopback(listen):
         logging.getLogger("heatsvc.service").warning(
-            "UNSAFE: Prometheus metrics at %s are reachable from other machines without TLS or tokens", listen)
+            "UNSAFE: Prometheus metrics at %s are plain HTTP reachable from other machines, %s", listen,
+            "without a token" if authorize is None else "the bearer token travelling unencrypted")
     return endpoint
+
+
+def start_recording(config, clients, service, now_ms=None):
+    """Record the configured exchanges' liquidation streams into the store's file (heatsvc.recording);
+    each recorder's state shows in health as `liquidations:EXCHANGE` (SERVING only while live)."""
+    from ..liquidation_store import LiquidationStore
+    from ..recording import Recording
+    from .server import NOT_SERVING, SERVING
+
+    async def health(status):
+        for name, s in status.items():
+            await service.health.set(f"liquidations:{name}", SERVING if s.state == "live" else NOT_SERVING)
+
+    okx = clients.get("okx")
+    lc = config.liquidations
+    recording = Recording(LiquidationStore(config.store), config.exchanges, flush_interval_s=lc.flush_interval_s,
+                          flush_events=lc.flush_events, retention_days=lc.retention_days,
+                          contract_sizes=getattr(okx, "contract_size", None), on_status=health,
+                          **({"now_ms": now_ms} if now_ms is not None else {}))
+    service.recording = recording
+    recording.start()
+    print(f"heatsvc: recording liquidations from {', '.join(recording.recorders) or 'no exchange'}", flush=True)
+    return recording
 
 
 async def serve(config, *, demo: argparse.Namespace | None = None, progress: bool = True,
@@ -136,6 +163,7 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     clients = {}
     refresher = None
     server = None
+    recording = None   # realised liquidations (heatsvc.recording), when [liquidations] enabled
     endpoint = None
     page = None   # the web gateway (heatsvc.web), when --web
     stopping = asyncio.Event()
@@ -160,6 +188,8 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
         print(f"heatsvc: serving heatsvc.v1 on {host}:{port} ({len(config.markets)} markets, backend "
               f"{config.backend}, {tls}, {tokens}); health NOT_SERVING until data is loaded", flush=True)
         endpoint = start_metrics(config, demo=demo is not None)
+        if config.liquidations.enabled:
+            recording = start_recording(config, clients, server.service, now_ms)
         if web:
             from ..web.cli import start_embedded
             page = await start_embedded(config, port, web)
@@ -176,6 +206,9 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     finally:
         if page is not None:
             await page.stop()
+        if recording is not None:
+            await recording.stop()
+            recording.store.close()
         if server is not None:
             await server.stop()
         if endpoint is not None:
