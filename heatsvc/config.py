@@ -32,6 +32,13 @@ Example (every key optional):
     top = 50                                  # with patterns: the 50 largest by 24 h quote volume
     base_url = "https://fapi.binance.com"
     archive_url = "https://data.binance.vision"
+    ws_url = "wss://fstream.binance.com/market/stream?streams=!forceOrder@arr/btcusdt@markPrice@1s"
+
+    [liquidations]              # record realised liquidations from the exchanges' WebSocket streams
+    enabled = false             # default off: it opens one connection per exchange (the demo turns it on)
+    retention_days = 30         # events and coverage older than this are pruned
+    flush_interval_s = 1.0      # a batch is committed at least this often (a SIGKILL loses at most it)
+    flush_events = 500          # ... or as soon as it holds this many events
 
     [[webhooks]]                # zone events (MODEL.md section 13) POSTed as JSON, signed with HMAC-SHA256
     url = "https://hooks.example.com/heatsvc"
@@ -52,7 +59,8 @@ Example (every key optional):
     half_life_days = 30        # or "inf"
 
 Environment: HEATSVC_LISTEN, HEATSVC_STORE, HEATSVC_TLS_CERT, HEATSVC_TLS_KEY, HEATSVC_TLS_CLIENT_CA,
-HEATSVC_TOKEN_FILE, HEATSVC_<EXCHANGE>_BASE_URL, HEATSVC_BINANCE_ARCHIVE_URL override the file;
+HEATSVC_TOKEN_FILE, HEATSVC_<EXCHANGE>_BASE_URL, HEATSVC_<EXCHANGE>_WS_URL, HEATSVC_BINANCE_ARCHIVE_URL
+override the file;
 so does HEATSVC_METRICS_LISTEN (empty: metrics off).
 
 Security: secrets never go in this file (it tends to be shared and committed): [server] auth_token is
@@ -75,9 +83,10 @@ from .model.events import KINDS, NEAR_PCT
 EXCHANGES = ("binance", "bybit", "okx")
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
 LIVE_URLS = {
-    "binance": {"base_url": "https://fapi.binance.com", "archive_url": "https://data.binance.vision"},
-    "bybit": {"base_url": "https://api.bybit.com"},
-    "okx": {"base_url": "https://www.okx.com"},
+    "binance": {"base_url": "https://fapi.binance.com", "archive_url": "https://data.binance.vision",
+                "ws_url": "wss://fstream.binance.com/market/stream?streams=!forceOrder@arr/btcusdt@markPrice@1s"},
+    "bybit": {"base_url": "https://api.bybit.com", "ws_url": "wss://stream.bybit.com/v5/public/linear"},
+    "okx": {"base_url": "https://www.okx.com", "ws_url": "wss://ws.okx.com:8443/ws/v5/public"},
 }
 MAX_CELLS = 2_000_000
 
@@ -90,6 +99,17 @@ class ExchangeConfig:
     base_url: str | None = None
     archive_url: str | None = None
     top: int | None = None         # with patterns: keep the N largest by 24 h quote volume
+    ws_url: str | None = None      # its liquidation stream (heatsvc.exchanges.streams)
+
+
+@dataclass(frozen=True)
+class LiquidationsConfig:
+    """[liquidations]: whether `heatsvc serve` records the exchanges' liquidation streams, how long
+    it keeps them and how often it commits (a SIGKILL loses at most the batch not yet flushed)."""
+    enabled: bool = False
+    retention_days: float = 30.0
+    flush_interval_s: float = 1.0
+    flush_events: int = 500
 
 
 @dataclass(frozen=True)
@@ -137,6 +157,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     params: ModelParams = field(default_factory=ModelParams)
     webhooks: tuple[WebhookConfig, ...] = ()
+    liquidations: LiquidationsConfig = field(default_factory=LiquidationsConfig)
 
     @property
     def markets(self) -> list[str]:
@@ -194,6 +215,20 @@ def _metrics_listen(server: dict, env) -> str | None:
     if value is not None:
         address(value, where)
     return value
+
+
+def _liquidations(data: dict) -> LiquidationsConfig:
+    table = _section(data, "liquidations")
+    _unknown(table, "liquidations", LiquidationsConfig.__dataclass_fields__)
+    d = LiquidationsConfig()
+    return LiquidationsConfig(
+        enabled=_take(table, "liquidations", "enabled", bool, d.enabled),
+        retention_days=_take(table, "liquidations", "retention_days", float, d.retention_days,
+                             lambda v: 0 < v <= 36500, "must be in (0, 36500] days"),
+        flush_interval_s=_take(table, "liquidations", "flush_interval_s", float, d.flush_interval_s,
+                               lambda v: 0 < v <= 60, "must be in (0, 60] seconds"),
+        flush_events=_take(table, "liquidations", "flush_events", int, d.flush_events,
+                           lambda v: 1 <= v <= 100_000, "must be in [1, 100000]"))
 
 
 def _tiers(model: dict) -> tuple[Tier, ...]:
@@ -272,7 +307,7 @@ def _secret(table: dict, where: str, env) -> bytes:
 def parse(data: dict, env: dict[str, str] | None = None) -> Config:
     """A Config from parsed TOML and the environment; ValueError names any bad key."""
     env = os.environ if env is None else env
-    _unknown(data, "top level", ("server", "data", "limits", "exchanges", "model", "webhooks"))
+    _unknown(data, "top level", ("server", "data", "limits", "exchanges", "model", "webhooks", "liquidations"))
     server, store, limits, model = (_section(data, n) for n in ("server", "data", "limits", "model"))
     if "auth_token" in server:   # the value is a secret: never echo it
         raise ValueError("config: [server] auth_token is no longer accepted (a secret does not belong in the "
@@ -300,14 +335,14 @@ def parse(data: dict, env: dict[str, str] | None = None) -> Config:
         if not isinstance(table, dict):
             raise ValueError(f"config: [exchanges.{name}] must be a table")
         where = f"exchanges.{name}"
-        _unknown(table, where, ("symbols", "base_url", "archive_url", "top"))
+        _unknown(table, where, ("symbols", "base_url", "archive_url", "ws_url", "top"))
         symbols = _take(table, where, "symbols", list, list(DEFAULT_SYMBOLS),
                         lambda v: all(isinstance(s, str) and s and all(c.isalnum() or c in "*?[]" for c in s)
                                       for s in v),
                         "symbols are alphanumeric names or patterns with * ? [ ]")
         top = _take(table, where, "top", int, None, lambda v: v > 0, "must be a positive integer")
         urls = dict(LIVE_URLS[name])
-        for key in ("base_url", "archive_url"):
+        for key in ("base_url", "archive_url", "ws_url"):
             urls[key] = _take(table, where, key, str, urls.get(key))
             urls[key] = env.get(f"HEATSVC_{name.upper()}_{key.upper()}", urls[key])
         exchanges.append(ExchangeConfig(name, tuple(s.upper() for s in symbols), top=top, **urls))
@@ -326,7 +361,8 @@ def parse(data: dict, env: dict[str, str] | None = None) -> Config:
         refresh_interval_s=_take(store, "data", "refresh_interval_s", float, 60.0, positive, "must be > 0"),
         history_days=_take(store, "data", "history_days", float, 365.0, positive, "must be > 0"),
         lookbacks=tuple(sorted(lookbacks, key=LOOKBACKS.get)),
-        exchanges=tuple(exchanges), limits=lim, params=params, webhooks=_webhooks(data, env))
+        exchanges=tuple(exchanges), limits=lim, params=params, webhooks=_webhooks(data, env),
+        liquidations=_liquidations(data))
 
 
 def load(path: str | os.PathLike | None, env: dict[str, str] | None = None) -> Config:
