@@ -322,3 +322,10 @@ def test_rejected_rows_are_counted_once_however_often_refetched(replay, faults):
     before = counted()
     assert run(refetch()) == 2
     assert counted() - before == 2
+
+
+def test_short_kline_windows_weigh_what_they_ask_for(replay, faults):
+    # an hour of bars asks for limit 12 (weight 1), not the page's 1,500 (weight 10)
+    got, c = run(fetch(replay, "binance", CUR - 12 * STEP_MS, CUR))
+    assert len(got["time_ms"]) == 12
+    assert c.max_used_weight == 1                     # as X-MBX-USED-WEIGHT-1M reports it

@@ -327,3 +327,18 @@ def test_a_ban_shows_in_the_market_health(server, tmp_path):
     assert REGISTRY.get_sample_value("heatsvc_market_status",
                                      {"market": "bybit:BTCUSDT", "heatsvc_market_status": "degraded"}) == 1
     assert server.count("/v5/market/instruments-info") == 1      # the refresher waits the ban out, silent
+
+
+def test_repeated_bybit_bans_grow_longer(server):
+    server.route("/v5/market/time", Answer(403, fixture("bybit/403-access-too-frequent.txt")))
+
+    async def work(c):
+        holds = []
+        for _ in range(3):
+            with pytest.raises(ExchangeUnavailable):
+                await c.request("/v5/market/time")
+            holds.append(c.banned_until - time.monotonic())
+            await asyncio.sleep(max(0.0, c.banned_until - time.monotonic()) + 0.01)
+        return holds
+    holds = run(with_client("bybit", server.url, work, ban_floor_s=0.1, ban_probe_s=0.1))
+    assert 0.09 <= holds[0] <= 0.1 and 0.19 <= holds[1] <= 0.2 and 0.39 <= holds[2] <= 0.4   # doubling

@@ -214,9 +214,10 @@ class BinanceClient(ExchangeClient):
         cols = {f: [] for f in ("time_ms", "open", "high", "low", "close", "volume", "quote_volume",
                                 "taker_buy_volume")}
         for a, b in windows(start, end, KLINES_PER_CALL):
+            limit = -(-(b - a) // STEP_MS)      # no more than the window holds: a short one weighs 1, not 10
             await self.request("/fapi/v1/klines", {"symbol": symbol, "interval": "5m", "startTime": a,
-                                                   "endTime": b - 1, "limit": KLINES_PER_CALL},
-                               weight=kline_weight(KLINES_PER_CALL),
+                                                   "endTime": b - 1, "limit": limit},
+                               weight=kline_weight(limit),
                                parse=lambda rows: self.parse_klines(symbol, rows, cols))
         bars = self.bars(symbol, {**cols, "open_interest": np.full(len(cols["time_ms"]), np.nan)}, start, end)
         t = bars["time_ms"]
