@@ -65,8 +65,11 @@ def run(command: str, args: argparse.Namespace) -> int:
         return 130
 
 
-def demo_config(config, replay, args):
-    """The configuration of the demo: the replay's markets and URLs, a fast refresh, short lookbacks."""
+def demo_config(config, replay, args, streams=None):
+    """The configuration of the demo: the replay's markets and URLs, a fast refresh, short lookbacks;
+    with the replay's liquidation `streams`, the recorders point at them."""
+    from dataclasses import replace
+
     from ..config import ExchangeConfig, with_overrides
 
     by_exchange: dict[str, list[str]] = {}
@@ -76,6 +79,9 @@ def demo_config(config, replay, args):
     exchanges = tuple(ExchangeConfig(ex, tuple(symbols), replay.base_url(ex),
                                      replay.archive_url() if ex == "binance" else None)
                       for ex, symbols in by_exchange.items())
+    if streams is not None:
+        exchanges = tuple(replace(ex, ws_url=streams.url(ex.name)) for ex in exchanges)
+        config = with_overrides(config, liquidations=replace(config.liquidations, enabled=True))
     return with_overrides(config, exchanges=exchanges, refresh_interval_s=DEMO_REFRESH_S,
                           history_days=args.demo_history_days, lookbacks=DEMO_LOOKBACKS)
 
@@ -145,6 +151,7 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     from .server import Server
 
     replay = None
+    streams = None   # the replay's liquidation streams (heatsvc.replay.streams), in the demo
     tmp = None
     now_ms = None
     if demo is not None:
@@ -152,8 +159,11 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
             raise ValueError(f"--demo-speed must be > 0, got {demo.demo_speed}")
         replay = ReplayExchange(start_ms=parse_time(demo.demo_start, "--demo-start"), speed=demo.demo_speed)
         replay.start()
+        from ..replay.streams import StreamServer
+        streams = StreamServer(replay)
+        streams.start()
         now_ms = replay.now_ms
-        config = demo_config(config, replay, demo)
+        config = demo_config(config, replay, demo, streams)
         if config.store is None:
             tmp = tempfile.TemporaryDirectory(prefix="heatsvc-demo-")
             config = with_overrides(config, store=str(Path(tmp.name) / "demo.sqlite3"))
@@ -218,6 +228,8 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
         for client in clients.values():
             await client.aclose()
         store.close()
+        if streams is not None:
+            streams.stop()
         if replay is not None:
             replay.stop()
         if tmp is not None:
