@@ -61,6 +61,7 @@ class Recording:
         self._tasks: list[asyncio.Task] = []
         self.listeners: list[Callable[[list[Liquidation]], None]] = []
         self.committed = 0
+        self.revision = 0             # bumped by every flush that wrote events or coverage
         self.on_status = on_status   # e.g. the service's health: liquidations:EXCHANGE SERVING only when live
         for ex in exchanges:
             if not ex.symbols:
@@ -94,6 +95,8 @@ class Recording:
         for s in self._open_spans.values():
             s.clear()
         added = await asyncio.to_thread(self._write, batch, spans) if batch or spans else 0
+        if batch or spans:
+            self.revision += 1
         if batch:
             self.committed += len(batch)
             for listener in list(self.listeners):

@@ -132,6 +132,7 @@ def start_recording(config, clients, service, now_ms=None):
                           contract_sizes=getattr(okx, "contract_size", None), on_status=health,
                           **({"now_ms": now_ms} if now_ms is not None else {}))
     service.recording = recording
+    recording.listeners.append(service.on_liquidations)   # StreamLiquidations
     recording.start()
     print(f"heatsvc: recording liquidations from {', '.join(recording.recorders) or 'no exchange'}", flush=True)
     return recording

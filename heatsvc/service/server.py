@@ -25,7 +25,8 @@ from ..model.confluence import confluence
 from ..model.engine import DAY_MS, LOOKBACKS, Heatmap, compute_aggregate, compute_heatmap
 from ..model.events import Traded
 from ..v1 import heatmap_service_pb2 as pb
-from . import auth, messages
+from ..liquidation_store import LiquidationStore
+from . import auth, liquidations, messages
 from .errors import RequestError, exhausted, invalid, unavailable
 from .streams import EventsTopic, ViewTopic, ZonesTopic
 from .views import Catalogue, ViewKey, check_all, event_opts, grid_opts, zone_opts
@@ -39,7 +40,8 @@ RESPONSE_CACHE_MAX = 8 << 20   # larger responses are not kept
 HEALTH_POLL_S = 0.5
 MAX_PENDING = 64               # distinct views waiting for a computation slot
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-STREAM_METHODS = {"view": "StreamHeatmap", "zones": "StreamZones", "events": "StreamZoneEvents"}
+STREAM_METHODS = {"view": "StreamHeatmap", "zones": "StreamZones", "events": "StreamZoneEvents",
+                  "liquidations": "StreamLiquidations"}
 EVENT_KIND_NAMES = {v: k for k, v in messages.EVENT_KINDS.items()}
 
 
@@ -75,6 +77,8 @@ class HeatmapService:
         self._last_bar: dict[str, int] = {}
         self._bars: dict[str, tuple[int, int, dict]] = {}  # market -> (version, start_ms, bars)
         self.webhooks = [WebhookSink(self, hook) for hook in config.webhooks]   # checks their views
+        self.recording = None               # heatsvc.recording.Recording, set by `heatsvc serve` when recording
+        self._liquidation_store = None      # opened on the first GetLiquidations without a recording
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -93,6 +97,8 @@ class HeatmapService:
         await self.health.enter_graceful_shutdown()
         for topic in list(self.topics.values()):
             topic.stop()
+        if self._liquidation_store is not None:
+            self._liquidation_store.close()
 
     async def stop(self) -> None:
         for sink in self.webhooks:
@@ -300,10 +306,10 @@ class HeatmapService:
             key, zopts, gopts = self._check_heatmap_request(request)
             hm = await self.heatmap(key)
             price = self.price(key, hm)
-            ck = ("heatmap", key, self.data_version(key), price, zopts, gopts)
+            ck = ("heatmap", key, self.data_version(key), price, zopts, gopts, self.liquidations_revision())
             if ck in self._responses:
                 return self._responses[ck]
-            heat = await asyncio.to_thread(messages.heatmap, key, hm, gopts)
+            heat = await asyncio.to_thread(self.heatmap_message, key, hm, gopts)
             msg = pb.GetHeatmapResponse(heatmap=heat, zones=messages.zone_report(key, hm, price, zopts))
             return self._remember(ck, msg.SerializeToString())
         return await self._unary(context, produce)
@@ -336,6 +342,31 @@ class HeatmapService:
                                               lambda: self.catalogue.lookback_set(request.lookbacks, "lookbacks"))
             price, levels = await self._confluence(key, lookbacks, zopts)
             return pb.GetConfluenceResponse(price=price, levels=levels).SerializeToString()
+        return await self._unary(context, produce)
+
+    def liquidation_store(self):
+        """The recorder's LiquidationStore, or one opened on the bar store's file (read by the service)."""
+        if self.recording is not None:
+            return self.recording.store
+        if self._liquidation_store is None:
+            self._liquidation_store = LiquidationStore(self.store.path)
+        return self._liquidation_store
+
+    def heatmap_message(self, key: ViewKey, hm: Heatmap, gopts) -> pb.Heatmap:
+        """The view's message with the realised liquidations per column (on a thread: reads the store)."""
+        msg = messages.heatmap(key, hm, gopts)
+        liquidations.fill_heatmap(self.liquidation_store(), msg, key.components, hm.column_times,
+                                  hm.params.step_ms * hm.bars_per_column)
+        return msg
+
+    def liquidations_revision(self) -> int:
+        """Changes whenever recorded liquidations or coverage were committed (part of response cache keys)."""
+        return self.recording.revision if self.recording is not None else 0
+
+    async def GetLiquidations(self, request, context) -> bytes:
+        async def produce():
+            args = liquidations.check(request, self.catalogue, self.refresher.now_ms())
+            return await asyncio.to_thread(liquidations.query, self.liquidation_store(), request.market, *args)
         return await self._unary(context, produce)
 
     async def _confluence(self, key: ViewKey, lookbacks: tuple[str, ...], zopts) -> tuple[float, list]:
@@ -382,6 +413,20 @@ class HeatmapService:
                                                                               self.config.limits.queue_depth)
         async for data in self._stream(context, make):
             yield data
+
+    async def StreamLiquidations(self, request, context):
+        def make():
+            markets, n = liquidations.stream_markets(request, self.catalogue)
+            return ("liquidations", markets, n), lambda: liquidations.LiquidationsTopic(
+                self, markets, n, self.config.limits.queue_depth)
+        async for data in self._stream(context, make):
+            yield data
+
+    def on_liquidations(self, batch) -> None:
+        """A committed batch of recorded liquidations (heatsvc.recording): to the streams that want it."""
+        for topic in list(self.topics.values()):
+            if isinstance(topic, liquidations.LiquidationsTopic):
+                topic.add(batch)
 
     async def _stream(self, context, make):
         """Join (or start) the shared topic, send its snapshot, then its updates until either side ends."""
@@ -471,6 +516,8 @@ class HeatmapService:
             "StreamZones": stream(self.StreamZones, pb.StreamZonesRequest),
             "StreamZoneEvents": stream(self.StreamZoneEvents, pb.StreamZoneEventsRequest),
             "GetConfluence": unary(self.GetConfluence, pb.GetConfluenceRequest),
+            "GetLiquidations": unary(self.GetLiquidations, pb.GetLiquidationsRequest),
+            "StreamLiquidations": stream(self.StreamLiquidations, pb.StreamLiquidationsRequest),
         })
 
 

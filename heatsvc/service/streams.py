@@ -31,7 +31,7 @@ class ViewTopic(Topic):
         grid_changed = hm is not self.hm
         self.zones_msg = messages.zone_report(self.key, hm, price, self.zopts)
         if grid_changed and not self.zones_only:
-            self.heatmap_msg = await asyncio.to_thread(messages.heatmap, self.key, hm, self.gopts)
+            self.heatmap_msg = await asyncio.to_thread(self.service.heatmap_message, self.key, hm, self.gopts)
         self.hm, self.price = hm, price
         return grid_changed
 

@@ -38,6 +38,7 @@ class UpdateKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UPDATE_KIND_SNAPSHOT: _ClassVar[UpdateKind]
     UPDATE_KIND_HEATMAP: _ClassVar[UpdateKind]
     UPDATE_KIND_ZONES: _ClassVar[UpdateKind]
+    UPDATE_KIND_LIQUIDATIONS: _ClassVar[UpdateKind]
 
 class ZoneEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -47,6 +48,12 @@ class ZoneEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ZONE_EVENT_KIND_PRICE_NEAR: _ClassVar[ZoneEventKind]
     ZONE_EVENT_KIND_MAGNET_CHANGED: _ClassVar[ZoneEventKind]
     ZONE_EVENT_KIND_SKEW_FLIPPED: _ClassVar[ZoneEventKind]
+
+class LiquidationSide(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LIQUIDATION_SIDE_UNSPECIFIED: _ClassVar[LiquidationSide]
+    LIQUIDATION_SIDE_LONG: _ClassVar[LiquidationSide]
+    LIQUIDATION_SIDE_SHORT: _ClassVar[LiquidationSide]
 MARKET_STATUS_UNSPECIFIED: MarketStatus
 MARKET_STATUS_LOADING: MarketStatus
 MARKET_STATUS_OK: MarketStatus
@@ -63,12 +70,16 @@ UPDATE_KIND_UNSPECIFIED: UpdateKind
 UPDATE_KIND_SNAPSHOT: UpdateKind
 UPDATE_KIND_HEATMAP: UpdateKind
 UPDATE_KIND_ZONES: UpdateKind
+UPDATE_KIND_LIQUIDATIONS: UpdateKind
 ZONE_EVENT_KIND_UNSPECIFIED: ZoneEventKind
 ZONE_EVENT_KIND_ZONE_NEW: ZoneEventKind
 ZONE_EVENT_KIND_ZONE_SWEPT: ZoneEventKind
 ZONE_EVENT_KIND_PRICE_NEAR: ZoneEventKind
 ZONE_EVENT_KIND_MAGNET_CHANGED: ZoneEventKind
 ZONE_EVENT_KIND_SKEW_FLIPPED: ZoneEventKind
+LIQUIDATION_SIDE_UNSPECIFIED: LiquidationSide
+LIQUIDATION_SIDE_LONG: LiquidationSide
+LIQUIDATION_SIDE_SHORT: LiquidationSide
 
 class PriceRange(_message.Message):
     __slots__ = ("low", "high")
@@ -217,7 +228,7 @@ class TierGrids(_message.Message):
     def __init__(self, tier: _Optional[int] = ..., long_notional: _Optional[_Union[Grid, _Mapping]] = ..., short_notional: _Optional[_Union[Grid, _Mapping]] = ...) -> None: ...
 
 class Heatmap(_message.Message):
-    __slots__ = ("market", "markets", "lookback", "long_notional", "short_notional", "price_edges", "column_times", "bars_per_column", "candles", "swept_long", "swept_short", "off_range_long", "off_range_short", "current_price", "data_time", "parameters", "v_max", "long_intensity", "short_intensity", "tiers")
+    __slots__ = ("market", "markets", "lookback", "long_notional", "short_notional", "price_edges", "column_times", "bars_per_column", "candles", "swept_long", "swept_short", "off_range_long", "off_range_short", "current_price", "data_time", "parameters", "v_max", "long_intensity", "short_intensity", "tiers", "realised_long", "realised_short", "coverage")
     MARKET_FIELD_NUMBER: _ClassVar[int]
     MARKETS_FIELD_NUMBER: _ClassVar[int]
     LOOKBACK_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +249,9 @@ class Heatmap(_message.Message):
     LONG_INTENSITY_FIELD_NUMBER: _ClassVar[int]
     SHORT_INTENSITY_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
+    REALISED_LONG_FIELD_NUMBER: _ClassVar[int]
+    REALISED_SHORT_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
     market: str
     markets: _containers.RepeatedScalarFieldContainer[str]
     lookback: str
@@ -258,7 +272,10 @@ class Heatmap(_message.Message):
     long_intensity: Grid
     short_intensity: Grid
     tiers: _containers.RepeatedCompositeFieldContainer[TierGrids]
-    def __init__(self, market: _Optional[str] = ..., markets: _Optional[_Iterable[str]] = ..., lookback: _Optional[str] = ..., long_notional: _Optional[_Union[Grid, _Mapping]] = ..., short_notional: _Optional[_Union[Grid, _Mapping]] = ..., price_edges: _Optional[_Iterable[float]] = ..., column_times: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., bars_per_column: _Optional[int] = ..., candles: _Optional[_Union[Candles, _Mapping]] = ..., swept_long: _Optional[_Iterable[float]] = ..., swept_short: _Optional[_Iterable[float]] = ..., off_range_long: _Optional[_Iterable[float]] = ..., off_range_short: _Optional[_Iterable[float]] = ..., current_price: _Optional[float] = ..., data_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parameters: _Optional[_Union[ModelParameters, _Mapping]] = ..., v_max: _Optional[float] = ..., long_intensity: _Optional[_Union[Grid, _Mapping]] = ..., short_intensity: _Optional[_Union[Grid, _Mapping]] = ..., tiers: _Optional[_Iterable[_Union[TierGrids, _Mapping]]] = ...) -> None: ...
+    realised_long: _containers.RepeatedScalarFieldContainer[float]
+    realised_short: _containers.RepeatedScalarFieldContainer[float]
+    coverage: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, market: _Optional[str] = ..., markets: _Optional[_Iterable[str]] = ..., lookback: _Optional[str] = ..., long_notional: _Optional[_Union[Grid, _Mapping]] = ..., short_notional: _Optional[_Union[Grid, _Mapping]] = ..., price_edges: _Optional[_Iterable[float]] = ..., column_times: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., bars_per_column: _Optional[int] = ..., candles: _Optional[_Union[Candles, _Mapping]] = ..., swept_long: _Optional[_Iterable[float]] = ..., swept_short: _Optional[_Iterable[float]] = ..., off_range_long: _Optional[_Iterable[float]] = ..., off_range_short: _Optional[_Iterable[float]] = ..., current_price: _Optional[float] = ..., data_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parameters: _Optional[_Union[ModelParameters, _Mapping]] = ..., v_max: _Optional[float] = ..., long_intensity: _Optional[_Union[Grid, _Mapping]] = ..., short_intensity: _Optional[_Union[Grid, _Mapping]] = ..., tiers: _Optional[_Iterable[_Union[TierGrids, _Mapping]]] = ..., realised_long: _Optional[_Iterable[float]] = ..., realised_short: _Optional[_Iterable[float]] = ..., coverage: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ListMarketsRequest(_message.Message):
     __slots__ = ()
@@ -495,3 +512,87 @@ class GetConfluenceResponse(_message.Message):
     price: float
     levels: _containers.RepeatedCompositeFieldContainer[ConfluenceLevel]
     def __init__(self, price: _Optional[float] = ..., levels: _Optional[_Iterable[_Union[ConfluenceLevel, _Mapping]]] = ...) -> None: ...
+
+class Liquidation(_message.Message):
+    __slots__ = ("market", "time", "side", "price", "quantity", "notional")
+    MARKET_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    market: str
+    time: _timestamp_pb2.Timestamp
+    side: LiquidationSide
+    price: float
+    quantity: float
+    notional: float
+    def __init__(self, market: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., side: _Optional[_Union[LiquidationSide, str]] = ..., price: _Optional[float] = ..., quantity: _Optional[float] = ..., notional: _Optional[float] = ...) -> None: ...
+
+class LiquidationBucket(_message.Message):
+    __slots__ = ("start_time", "long_notional", "short_notional", "long_count", "short_count", "coverage")
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    LONG_NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    SHORT_NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    LONG_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SHORT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    start_time: _timestamp_pb2.Timestamp
+    long_notional: float
+    short_notional: float
+    long_count: int
+    short_count: int
+    coverage: float
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., long_notional: _Optional[float] = ..., short_notional: _Optional[float] = ..., long_count: _Optional[int] = ..., short_count: _Optional[int] = ..., coverage: _Optional[float] = ...) -> None: ...
+
+class GetLiquidationsRequest(_message.Message):
+    __slots__ = ("market", "start_time", "end_time", "bucket", "largest")
+    MARKET_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_FIELD_NUMBER: _ClassVar[int]
+    market: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    bucket: _duration_pb2.Duration
+    largest: int
+    def __init__(self, market: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bucket: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., largest: _Optional[int] = ...) -> None: ...
+
+class GetLiquidationsResponse(_message.Message):
+    __slots__ = ("market", "markets", "bucket", "buckets", "largest", "lower_bound_exchanges")
+    MARKET_FIELD_NUMBER: _ClassVar[int]
+    MARKETS_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_FIELD_NUMBER: _ClassVar[int]
+    LOWER_BOUND_EXCHANGES_FIELD_NUMBER: _ClassVar[int]
+    market: str
+    markets: _containers.RepeatedScalarFieldContainer[str]
+    bucket: _duration_pb2.Duration
+    buckets: _containers.RepeatedCompositeFieldContainer[LiquidationBucket]
+    largest: _containers.RepeatedCompositeFieldContainer[Liquidation]
+    lower_bound_exchanges: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, market: _Optional[str] = ..., markets: _Optional[_Iterable[str]] = ..., bucket: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., buckets: _Optional[_Iterable[_Union[LiquidationBucket, _Mapping]]] = ..., largest: _Optional[_Iterable[_Union[Liquidation, _Mapping]]] = ..., lower_bound_exchanges: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StreamLiquidationsRequest(_message.Message):
+    __slots__ = ("markets", "snapshot")
+    MARKETS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    markets: _containers.RepeatedScalarFieldContainer[str]
+    snapshot: int
+    def __init__(self, markets: _Optional[_Iterable[str]] = ..., snapshot: _Optional[int] = ...) -> None: ...
+
+class StreamLiquidationsResponse(_message.Message):
+    __slots__ = ("sequence", "kind", "events", "gap_skipped", "skipped_updates")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    GAP_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    kind: UpdateKind
+    events: _containers.RepeatedCompositeFieldContainer[Liquidation]
+    gap_skipped: bool
+    skipped_updates: int
+    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., events: _Optional[_Iterable[_Union[Liquidation, _Mapping]]] = ..., gap_skipped: _Optional[bool] = ..., skipped_updates: _Optional[int] = ...) -> None: ...

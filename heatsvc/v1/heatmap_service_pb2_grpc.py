@@ -75,6 +75,16 @@ class HeatmapServiceStub:
                 request_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetConfluenceRequest.SerializeToString,
                 response_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetConfluenceResponse.FromString,
                 _registered_method=True)
+        self.GetLiquidations = channel.unary_unary(
+                '/heatsvc.v1.HeatmapService/GetLiquidations',
+                request_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetLiquidationsRequest.SerializeToString,
+                response_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetLiquidationsResponse.FromString,
+                _registered_method=True)
+        self.StreamLiquidations = channel.unary_stream(
+                '/heatsvc.v1.HeatmapService/StreamLiquidations',
+                request_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamLiquidationsRequest.SerializeToString,
+                response_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamLiquidationsResponse.FromString,
+                _registered_method=True)
 
 
 class HeatmapServiceServicer:
@@ -137,6 +147,23 @@ class HeatmapServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLiquidations(self, request, context):
+        """Realised liquidations recorded from the exchanges' WebSocket streams (MODEL.md section 12): per
+        time bucket and side the notional, count and coverage, plus the largest events. Time the
+        recorder did not hear the stream is missing (coverage 0, notional NaN), never zero.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamLiquidations(self, request, context):
+        """Realised liquidations as they are recorded, for chosen markets or all: the latest N first (a
+        SNAPSHOT), then LIQUIDATIONS messages with each committed batch's events of those markets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HeatmapServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +201,16 @@ def add_HeatmapServiceServicer_to_server(servicer, server):
                     servicer.GetConfluence,
                     request_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetConfluenceRequest.FromString,
                     response_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetConfluenceResponse.SerializeToString,
+            ),
+            'GetLiquidations': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLiquidations,
+                    request_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetLiquidationsRequest.FromString,
+                    response_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetLiquidationsResponse.SerializeToString,
+            ),
+            'StreamLiquidations': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamLiquidations,
+                    request_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamLiquidationsRequest.FromString,
+                    response_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamLiquidationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -371,6 +408,60 @@ class HeatmapService:
             '/heatsvc.v1.HeatmapService/GetConfluence',
             heatsvc_dot_v1_dot_heatmap__service__pb2.GetConfluenceRequest.SerializeToString,
             heatsvc_dot_v1_dot_heatmap__service__pb2.GetConfluenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLiquidations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heatsvc.v1.HeatmapService/GetLiquidations',
+            heatsvc_dot_v1_dot_heatmap__service__pb2.GetLiquidationsRequest.SerializeToString,
+            heatsvc_dot_v1_dot_heatmap__service__pb2.GetLiquidationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamLiquidations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/heatsvc.v1.HeatmapService/StreamLiquidations',
+            heatsvc_dot_v1_dot_heatmap__service__pb2.StreamLiquidationsRequest.SerializeToString,
+            heatsvc_dot_v1_dot_heatmap__service__pb2.StreamLiquidationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
