@@ -17,6 +17,8 @@ COMMANDS = {
     "zones": ("heatsvc.client", "ask a server for a view's ranked zones"),
     "watch": ("heatsvc.client", "subscribe to a view and redraw its zones on every update"),
     "alerts": ("heatsvc.client", "print a view's zone events as they come: new, swept, neared zones, magnet, skew"),
+    "liquidations": ("heatsvc.tracker", "realised liquidations of a market: recent events, 1-minute and 1-hour "
+                                        "totals, the day's largest (--follow: live)"),
     "render": ("heatsvc.render", "draw a heatmap or liquidation map as PNG"),
     "web": ("heatsvc.web.cli", "serve the live heatmap page: a gateway from the gRPC service to browsers"),
     "backtest": ("heatsvc.backtest.cli", "judge the heatmap against what happened (MODEL.md section 15) and write a report"),

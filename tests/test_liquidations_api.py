@@ -173,3 +173,46 @@ def test_stream_liquidations_snapshot_then_committed_events_of_the_chosen_market
             assert error.code() == grpc.StatusCode.NOT_FOUND
         finally:
             s.close()
+
+
+def test_the_tracker_shows_totals_the_largest_and_follows_new_events(tmp_path, capsys):
+    import threading
+
+    from heatsvc.cli import main
+
+    path = tmp_path / "bars.sqlite3"
+    with ReplayExchange(datasets=small_datasets(), start_ms=START) as replay:
+        s = Stack(replay, path)
+        try:
+            now = max(t.last_bar_time.ToMilliseconds() for t in s.stub.ListMarkets(pb.ListMarketsRequest()).markets) \
+                + 5 * MIN   # the server clock as the tracker reads it
+            store = LiquidationStore(path)
+            store.add([Liquidation("binance:BTCUSDT", now - 4 * MIN, "long", 100.0, 40.0),       # 4.00k
+                       Liquidation("binance:BTCUSDT", now - 3 * MIN, "short", 100.0, 25.0),      # 2.50k
+                       Liquidation("binance:BTCUSDT", now - 30 * MIN, "long", 100.0, 80.0)])     # 8.00k, yesterday
+            store.cover("binance", now - 90 * MIN, now + 5 * MIN)
+            store.close()
+            assert main(["liquidations", "--market", "binance:BTCUSDT", "--target", s.target]) == 0
+            out = capsys.readouterr().out
+            assert "last 1 h" in out and "12.00k" in out and "2.50k" in out, out   # the hour reaches into yesterday
+            assert "largest today: 4.00k long" in out, "the day's largest, not yesterday's 8.00k"
+            assert "binance: at most one a symbol a second" in out and "heard" in out
+
+            stop = threading.Event()
+
+            def feed():   # a committed batch, again and again until the tracker has shown one
+                while not stop.wait(0.05):
+                    s.loop.call_soon_threadsafe(s.service.on_liquidations, [
+                        Liquidation("binance:BTCUSDT", now + 4 * MIN, "short", 100.0, 90.0)])
+            feeder = threading.Thread(target=feed, daemon=True)
+            feeder.start()
+            try:
+                assert main(["liquidations", "--market", "binance:BTCUSDT", "--target", s.target, "--follow",
+                             "--count", "1"]) == 0
+            finally:
+                stop.set()
+                feeder.join()
+            out = capsys.readouterr().out
+            assert "largest today: 9.00k short" in out and "11.50k" in out, out   # 2.50k + 9.00k shorts in the hour
+        finally:
+            s.close()
