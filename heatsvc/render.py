@@ -33,6 +33,7 @@ DAY_MS = 86_400_000
 CAPTION = "estimated liquidation levels, market-risk context, not a forecast"
 HEAT_CMAP = "viridis"                      # perceptual: dark violet (no heat) to bright yellow (hottest)
 SHORT_COLOUR, LONG_COLOUR = "#0ecb81", "#f6465d"   # shorts squeezed above (green), longs flushed below (red)
+REALISED_COLOUR = "#f0c419"   # realised liquidations (recorded, MODEL.md section 12), outlined over the estimate
 PRICE_LINE = "#ffffff"
 THEMES = {
     "dark": {"bg": "#0d1117", "fg": "#d7dce2", "muted": "#8b949e", "grid": "#2d333b", "line": "#ffffff"},
@@ -70,6 +71,8 @@ class Scene:
     leverages: tuple[float, ...]
     tier_long: np.ndarray | None = None    # tiers x rows: the newest column per tier
     tier_short: np.ndarray | None = None
+    realised_long: np.ndarray | None = None    # recorded liquidations per column, NaN where not heard
+    realised_short: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -153,7 +156,9 @@ def scene_from_response(resp, *, boost: float = 1.0) -> Scene:
         time_end_ms=h.data_time.ToMilliseconds(), bars_per_column=h.bars_per_column, step_ms=step_ms,
         boost=boost, zones=report, leverages=tuple(t.leverage for t in h.parameters.tiers),
         tier_long=np.stack([grid_array(t.long_notional)[:, -1] for t in tiers]) if tiers else None,
-        tier_short=np.stack([grid_array(t.short_notional)[:, -1] for t in tiers]) if tiers else None)
+        tier_short=np.stack([grid_array(t.short_notional)[:, -1] for t in tiers]) if tiers else None,
+        realised_long=np.array(h.realised_long) if len(h.realised_long) == columns else None,
+        realised_short=np.array(h.realised_short) if len(h.realised_short) == columns else None)
 
 
 @dataclass
@@ -416,6 +421,12 @@ def render_heatmap(scene: Scene, path: str | os.PathLike, *, width: int = 1200, 
     _steps(axb, edges, scene.swept_short, 0.0, SHORT_COLOUR)
     _steps(axb, edges, -scene.swept_long, 0.0, LONG_COLOUR)
     peak = max(float(np.max(scene.swept_short, initial=0)), float(np.max(scene.swept_long, initial=0))) or 1.0
+    realised = scene.realised_long is not None and np.isfinite(scene.realised_long).any()
+    if realised:   # recorded liquidations outlined over the estimate; NaN (not heard) breaks the line: a gap
+        for values in (scene.realised_short, -scene.realised_long):
+            axb.step(edges, np.append(values, values[-1]), where="post", color=REALISED_COLOUR,
+                     lw=cv.pt(max(1.0, 1.2 * s)), zorder=3)
+        peak = max(peak, float(np.nanmax(scene.realised_short)), float(np.nanmax(scene.realised_long)))
     axb.set_ylim(-peak * 1.12, peak * 1.12)
     axb.axhline(0, color=cv.t["grid"], lw=0.6)
     axb.yaxis.set_major_locator(ticker.MaxNLocator(nbins=max(2, int(bh / (28 * s))), symmetric=True))
@@ -429,6 +440,9 @@ def render_heatmap(scene: Scene, path: str | os.PathLike, *, width: int = 1200, 
     kw = {"transform": axb.transAxes, "fontsize": cv.font(7.5), "ha": "left"}
     axb.text(0.005, 0.97, "▲ est. short liquidations per column", color=SHORT_COLOUR, va="top", **kw)
     axb.text(0.005, 0.03, "▼ est. long liquidations per column", color=LONG_COLOUR, va="bottom", **kw)
+    if realised:
+        axb.text(0.995, 0.97, "realised (recorded; gaps: not heard)", color=REALISED_COLOUR, va="top",
+                 **{**kw, "ha": "right"})
 
     # colour bar: intensity, labelled with the notional per cell it stands for
     cax = cv.axes(width - 62 * s, top, 11 * s, ph)
