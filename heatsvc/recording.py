@@ -55,6 +55,7 @@ class Recording:
         self.now_ms = now_ms
         self.recorders: dict[str, Recorder] = {}
         self._heard: dict[str, dict[int, int]] = {}        # every span since start, for covered_s
+        self._last_live: dict[str, int] = {}               # the time of each recorder's last sign of life
         self._open_spans: dict[str, dict[int, int]] = {}   # spans heard, awaiting the next commit
         self._pending: list[Liquidation] = []
         self._wake = asyncio.Event()
@@ -71,9 +72,30 @@ class Recording:
             self.recorders[ex.name] = Recorder(
                 ex.name, ex.symbols, self._on_events, self._span_sink(ex.name), url=ex.ws_url,
                 contract_size=contract_sizes if ex.name == "okx" and contract_sizes is not None else None,
-                now_ms=now_ms, **(recorder_options or {}))
+                now_ms=self._live_clock(ex.name, now_ms), **(recorder_options or {}))
 
     # -- the recorders' callbacks ---------------------------------------------------------------
+
+    def _live_clock(self, exchange: str, now_ms: Callable[[], int]) -> Callable[[], int]:
+        """The recorder's clock, noting each reading: a Recorder reads it exactly when it hears a sign
+        of life, so the last reading is how far its current span reaches (see _extend_live_spans)."""
+        def clock() -> int:
+            t = self._last_live[exchange] = now_ms()
+            return t
+        return clock
+
+    def _extend_live_spans(self) -> None:
+        """A recorder reports its growing span only every SPAN_FLUSH_S (30 s); between reports, extend a
+        live recorder's current span (its latest start: it reports one as soon as it hears the stream) to
+        its last sign of life, so coverage keeps up with the events of each flush and never claims more."""
+        for name, recorder in self.recorders.items():
+            heard, last = self._heard[name], self._last_live.get(name)
+            if recorder.state != "live" or not heard or last is None:
+                continue
+            start = max(heard)
+            if last > heard[start]:
+                heard[start] = last
+                self._open_spans[name][start] = max(last, self._open_spans[name].get(start, last))
 
     async def _on_events(self, events: list[Liquidation]) -> None:
         self._pending.extend(events)
@@ -90,6 +112,7 @@ class Recording:
 
     async def flush(self) -> int:
         """Commit the waiting events (one transaction, on a thread), then the spans they make good."""
+        self._extend_live_spans()
         batch, self._pending = self._pending, []
         spans = {ex: dict(s) for ex, s in self._open_spans.items() if s}
         for s in self._open_spans.values():

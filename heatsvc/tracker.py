@@ -99,10 +99,13 @@ class Tracker:
         totals = Table(box=None)
         for column in ("", "longs liquidated", "shorts liquidated"):
             totals.add_column(column, justify="right")
+        heard = self.heard(60 * MIN)
         for label, span in (("last 1 min", MIN), ("last 1 h", 60 * MIN)):
             long, short = self.totals(span)
-            totals.add_row(label, money(long), money(short))
-        heard = self.heard(60 * MIN)
+            if heard:
+                totals.add_row(label, money(long), money(short))
+            else:   # nothing heard: missing, not zero
+                totals.add_row(label, "missing", "missing")
         lines = [head, totals, Text("heard " + ("nothing (no coverage: missing, not zero)" if not heard else
                                                 f"{heard:.0%} of the last hour"))]
         if self.lower_bound:

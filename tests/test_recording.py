@@ -98,6 +98,10 @@ def test_recording_batches_into_the_store_and_shows_silence(tmp_path):
         rec.start()
         while rec.committed < 20:
             await asyncio.sleep(0.05)
+        await rec.flush()
+        reach = store.spans("bybit", 0, 2**62)[-1][1]
+        assert reach >= max(e.time_ms for e in committed), \
+            "coverage keeps up with the committed events, not SPAN_FLUSH_S (30 s) behind"
         live = rec.status()["bybit"]
         while rec.status()["bybit"].state not in ("silent", "backoff"):   # the server stops talking
             await asyncio.sleep(0.05)
