@@ -176,6 +176,10 @@ def test_markets_view_frame_and_zones_match_the_service(gateway, web_stack):
     assert got["view"]["price_edges"] == pytest.approx(list(hm.price_edges))
     assert got["view"]["column_times"] == [t.ToMilliseconds() for t in hm.column_times]
     assert got["view"]["candles"]["close"][-1] == pytest.approx(hm.candles.close[-1])
+    assert got["view"]["swept_long"] == pytest.approx(list(hm.swept_long))
+    # no recorder here: every column is unheard, so realised liquidations are missing (null), never 0
+    assert got["view"]["coverage"] == list(hm.coverage) and set(got["view"]["coverage"]) <= {0.0}
+    assert got["view"]["realised_long"] == [None] * len(hm.realised_long)
 
     zones = web_stack.stub.GetZones(pb.GetZonesRequest(view=view, zone_options=pb.ZoneOptions(threshold=0.1))).zones
     assert [z["notional"] for z in got["zones"]["above"]] == pytest.approx([z.notional for z in zones.above])

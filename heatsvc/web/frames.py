@@ -22,14 +22,14 @@ from the CSV export.
 JSON messages (text frames), each an object with "type":
 
     markets   every market served and aggregate, lookbacks, tiers (ListMarkets), token_required
-    view      axes, candles, estimated liquidations, price, data time of the subscription's view
+    view      axes, candles, estimated liquidations and, where the recorder ran, realised ones with their
+              coverage (null: not heard), price, data time of the subscription's view
     zones     the zone report (MODEL.md section 9) of the view at the current price
     status    the upstream state of the subscription: "ok", "waiting" (reconnecting), "error"
     error     a refused browser message or an upstream error, with "message" (and "field")
     events    the view's most recent zone events (StreamZoneEvents: new, swept, neared zones, magnet, skew)
-    liquidations
-              reserved for realised liquidations: the page ignores types it does not know, so new
-              kinds slot in without a protocol change.
+
+The page ignores types it does not know, so new kinds slot in without a protocol change.
 
 Every JSON message of a subscription carries "sub" so the page can ignore what is stale.
 """
@@ -121,6 +121,8 @@ def view(sub: int, sequence: int, hm: pb.Heatmap, gateway_time: float) -> str:
         "column_times": [t.ToMilliseconds() for t in hm.column_times], "bars_per_column": hm.bars_per_column,
         "candles": {"open": _nums(c.open), "high": _nums(c.high), "low": _nums(c.low), "close": _nums(c.close)},
         "swept_long": _nums(hm.swept_long), "swept_short": _nums(hm.swept_short),
+        "realised_long": _nums(hm.realised_long), "realised_short": _nums(hm.realised_short),
+        "coverage": _nums(hm.coverage),
         "current_price": hm.current_price, "data_time": hm.data_time.ToMilliseconds(), "v_max": hm.v_max,
         "tiers": [{"leverage": t.leverage, "weight": t.weight} for t in hm.parameters.tiers],
         "gateway_time": gateway_time,

@@ -45,9 +45,11 @@ const sweptShort = chart.addSeries(HistogramSeries, { color: css('--short'), pri
   priceLineVisible: false, lastValueVisible: false, title: 'est. shorts' }, 1);
 const sweptLong = chart.addSeries(HistogramSeries, { color: css('--long'), priceFormat: { type: 'volume' },
   priceLineVisible: false, lastValueVisible: false, title: 'est. longs' }, 1);
-// Realised liquidations (where the liquidation recorder runs) slot in here: a "liquidations" message.
-const realised = chart.addSeries(LineSeries, { color: css('--accent'), lineWidth: 1, priceLineVisible: false,
+// Realised liquidations, where the liquidation recorder ran: shorts up, longs down, gaps where it heard nothing.
+const realisedShort = chart.addSeries(LineSeries, { color: css('--accent'), lineWidth: 1, priceLineVisible: false,
   lastValueVisible: false, title: 'realised', priceFormat: { type: 'volume' } }, 1);
+const realisedLong = chart.addSeries(LineSeries, { color: css('--accent'), lineWidth: 1, priceLineVisible: false,
+  lastValueVisible: false, priceFormat: { type: 'volume' } }, 1);
 chart.panes()[1].setHeight(90);
 // the chart's log price scale is for prices; the estimated liquidations under it are linear notional
 sweptShort.priceScale().applyOptions({ mode: PriceScaleMode.Normal, scaleMargins: { top: 0.1, bottom: 0.1 } });
@@ -165,6 +167,9 @@ function onView(msg) {
     : { time, open: c.open[i], high: c.high[i], low: c.low[i], close: c.close[i] })));
   sweptShort.setData(times.map((time, i) => ({ time, value: msg.swept_short[i] ?? 0 })));
   sweptLong.setData(times.map((time, i) => ({ time, value: -(msg.swept_long[i] ?? 0) })));
+  const heard = (i) => (msg.coverage || [])[i] > 0;   // a column the recorder never heard is a gap, not a zero
+  realisedShort.setData(times.map((time, i) => (heard(i) ? { time, value: msg.realised_short[i] } : { time })));
+  realisedLong.setData(times.map((time, i) => (heard(i) ? { time, value: -msg.realised_long[i] } : { time })));
   if (state.fitted !== msg.sub) { chart.timeScale().fitContent(); state.fitted = msg.sub; }
   $('data-time').textContent = fmtTime(msg.data_time);
   $('data-time').dataset.ms = String(msg.data_time);
@@ -227,7 +232,6 @@ function onMessage(msg) {
     case 'zones': if (mine) onZones(msg); break;
     case 'error': showError(msg.message); break;
     case 'events': if (mine) onEvents(msg.events || []); break;
-    case 'liquidations': if (mine) realised.setData(msg.times.map((ms, i) => ({ time: Math.floor(ms / 1000), value: msg.long[i] + msg.short[i] }))); break;
     default: break;   // unknown types are ignored, so new ones can be added without breaking old pages
   }
 }
@@ -261,6 +265,7 @@ function applyTheme(theme) {
   candles.applyOptions({ upColor: up, downColor: down, wickUpColor: up, wickDownColor: down });
   sweptShort.applyOptions({ color: css('--short') });
   sweptLong.applyOptions({ color: css('--long') });
+  for (const series of [realisedShort, realisedLong]) series.applyOptions({ color: css('--accent') });
   localStorage.setItem('heatsvc-theme', theme);
   state.dirty = true;
 }
