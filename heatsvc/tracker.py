@@ -23,7 +23,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .client import EXIT_CODES, add_connection_arguments, connect, describe_error, metadata, money, price_text
+from .client import (EXIT_CODES, add_connection_arguments, connect, describe_error, follow, metadata, money,
+                     price_text)
 from .v1 import heatmap_service_pb2 as pb
 from .v1 import heatmap_service_pb2_grpc as pb_grpc
 
@@ -155,25 +156,12 @@ def run(command: str, args: argparse.Namespace) -> int:
                 stream.cancel()
                 console.print(tracker.render())
                 return 0
-            seen = 0
             with Live(tracker.render(), console=console, auto_refresh=False) as live:
-                try:
-                    for msg in stream:
-                        seen += 1
-                        fresh = msg.kind == pb.UPDATE_KIND_LIQUIDATIONS
-                        tracker.add(msg.events, count=fresh)
-                        note = f" (too slow: {msg.skipped_updates} updates skipped)" if msg.gap_skipped else ""
-                        live.update(tracker.render(note), refresh=True)
-                        if args.count and seen >= args.count:
-                            stream.cancel()
-                            return 0
-                except KeyboardInterrupt:
-                    stream.cancel()
-                    return 0
+                def show(msg):
+                    tracker.add(msg.events, count=msg.kind == pb.UPDATE_KIND_LIQUIDATIONS)
+                    note = f" (too slow: {msg.skipped_updates} updates skipped)" if msg.gap_skipped else ""
+                    live.update(tracker.render(note), refresh=True)
+                return follow(stream, args, show)
         except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.CANCELLED and args.count:
-                return 0
             print(describe_error(command, error, args.target), file=sys.stderr)
             return EXIT_CODES.get(error.code(), 1)
-    print("server ended the stream", file=sys.stderr)
-    return 0
