@@ -139,8 +139,9 @@ class Recording:
     async def _sink(self) -> None:
         last_prune = 0.0
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+            try:   # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the stop's cancellation
+                async with asyncio.timeout(self.flush_interval_s):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

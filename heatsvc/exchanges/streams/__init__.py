@@ -91,8 +91,9 @@ class Recorder:
         opened, start, last_live, flushed = time.monotonic(), None, None, 0.0
         try:
             while True:
-                try:
-                    raw = await asyncio.wait_for(ws.recv(), self.silence_s)
+                try:   # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                    async with asyncio.timeout(self.silence_s):
+                        raw = await ws.recv()
                 except TimeoutError:
                     self.state = "silent"
                     self.last_error = f"no sign of life for {self.silence_s:g} s"
