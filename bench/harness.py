@@ -149,7 +149,7 @@ class Harness:
             return {m: dataclasses.asdict(h) for m, h in self.refresher.health().items()}
         if name == "clock":  # {"speed": null} stops the replay clock where it is; a number runs it that fast
             now = self.replay.now_ms()
-            self.replay.speed = cmd.get("speed")
+            self.replay.clock.speed = cmd.get("speed")
             self.replay.set_time(now)
             return {"now_ms": now}
         if name == "gc":
