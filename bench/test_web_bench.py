@@ -167,14 +167,8 @@ def test_page_redraw_400x288(benchmark, spawn, stack):
     _, _, url = stack
     rounds = 5 if benchmark.disabled else 50
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless=new", "--no-sandbox", "--disable-gpu",
-                                                                    "--no-first-run", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1400, "height": 800})
-        page.goto(url + "/")
-        for _ in range(300):
-            if page.evaluate("window.heatsvc && heatsvc.state.frames > 0"):
-                break
-            time.sleep(0.1)
+        from web_screenshot import open_page
+        browser, page = open_page(p, url)
         shape = page.evaluate("[heatsvc.state.frame.rows, heatsvc.state.frame.columns]")
         assert shape == [400, 288]
         full = page.evaluate(f"Array.from({{length: {rounds}}}, () => heatsvc.redraw(true))")

@@ -9,16 +9,22 @@ import time
 from playwright.sync_api import sync_playwright
 
 
+def open_page(p, url: str):
+    """Debian's Chromium, headless, on the page at `url`, once its first grid frame has been drawn."""
+    browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+    page = browser.new_page(viewport={"width": 1400, "height": 800})
+    page.goto(url + "/")
+    for _ in range(300):
+        if page.evaluate("window.heatsvc && heatsvc.state.frames > 0"):
+            break
+        time.sleep(0.1)
+    return browser, page
+
+
 def main(url: str, market: str, lookback: str, out: str) -> None:
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium",
-                                    args=["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1400, "height": 800})
-        page.goto(url + "/")
-        for _ in range(300):
-            if page.evaluate("window.heatsvc && heatsvc.state.frames > 0"):
-                break
-            time.sleep(0.1)
+        browser, page = open_page(p, url)
         page.select_option("#market", market)
         page.click(f"#lookbacks button[data-value='{lookback}']")
         time.sleep(3)

@@ -116,10 +116,7 @@ class BinanceDialect(Dialect):
         s = self.requested(req)
         if binance_required(req, "interval") != "5m":
             raise BadRequest(binance_error(-1120, "Invalid interval."))
-        limit = binance_int(req, "limit")
-        limit = 500 if limit is None else limit
-        if not 1 <= limit <= 1500:
-            raise BadRequest(binance_error(-1130, "Data sent for parameter 'limit' is not valid."))
+        limit = binance_limit(req, default=500, top=1500)
         start, end = binance_int(req, "startTime"), binance_int(req, "endTime")
         if start is not None and end is not None and start > end:
             raise BadRequest(binance_error(-1023, "Start time is greater than end time."))
@@ -144,10 +141,7 @@ class BinanceDialect(Dialect):
         """Shared paging of the /futures/data statistics: the latest `limit` snapshots of the range."""
         if binance_required(req, "period") != "5m":
             raise BadRequest(binance_error(-1130, "parameter 'period' is invalid."))
-        limit = binance_int(req, "limit")
-        limit = 30 if limit is None else limit
-        if not 1 <= limit <= 500:
-            raise BadRequest(binance_error(-1130, "Data sent for parameter 'limit' is not valid."))
+        limit = binance_limit(req, default=30, top=500)
         start, end = binance_int(req, "startTime"), binance_int(req, "endTime")
         now = self.now_ms()
         oldest = now - self.limits.binance_oi_days * DAY_MS
@@ -246,6 +240,15 @@ def binance_required(req: Request, name: str) -> str:
         raise BadRequest(binance_error(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, "
                                               f"or malformed."))
     return value
+
+
+def binance_limit(req: Request, *, default: int, top: int) -> int:
+    """The `limit` parameter: `default` when absent, -1130 outside [1, top]."""
+    limit = binance_int(req, "limit")
+    limit = default if limit is None else limit
+    if not 1 <= limit <= top:
+        raise BadRequest(binance_error(-1130, "Data sent for parameter 'limit' is not valid."))
+    return limit
 
 
 def binance_int(req: Request, name: str) -> int | None:
