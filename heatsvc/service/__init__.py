@@ -217,11 +217,11 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     finally:
         if page is not None:
             await page.stop()
+        if server is not None:   # first: clients are told NOT_SERVING and their streams end with OK
+            await server.stop()
         if recording is not None:
             await recording.stop()
             recording.store.close()
-        if server is not None:
-            await server.stop()
         if endpoint is not None:
             endpoint.stop()
         if refresher is not None:
