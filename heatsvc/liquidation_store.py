@@ -7,15 +7,10 @@ per exchange; time outside them is missing, never zero (MODEL.md section 12).
 """
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
-from pathlib import Path
-
 import numpy as np
 
 from .model.realised import Liquidation, merge_spans
-from .store import default_path
+from .store import SQLiteFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS liquidations (
@@ -35,28 +30,10 @@ CREATE TABLE IF NOT EXISTS coverage (
 """
 
 
-class LiquidationStore:
+class LiquidationStore(SQLiteFile):
     """Writer: the recorder (add, cover); readers: the service and the backtest, on their own threads."""
+    schema = SCHEMA
 
-    def __init__(self, path: str | os.PathLike | None = None):
-        self.path = Path(path) if path is not None else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        db = self._db()
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(SCHEMA)
-
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA synchronous=FULL")
-            self._local.db = db
-            with self._lock:
-                self._connections.append(db)
-        return db
 
     def add(self, events: list[Liquidation]) -> int:
         """Store one batch in one transaction; returns how many were new."""
@@ -101,10 +78,3 @@ class LiquidationStore:
         dropped = db.execute("DELETE FROM liquidations WHERE time_ms < ?", (before_ms,)).rowcount
         db.execute("DELETE FROM coverage WHERE end_ms < ?", (before_ms,))
         return dropped
-
-    def close(self) -> None:
-        with self._lock:
-            for db in self._connections:
-                db.close()
-            self._connections.clear()
-        self._local = threading.local()

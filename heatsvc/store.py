@@ -54,26 +54,21 @@ def empty_bars() -> dict[str, np.ndarray]:
     return {f: np.empty(0, dtype=np.int64 if f == "time_ms" else np.float64) for f in FIELDS}
 
 
-class Store:
-    """SQLite bar store shared by the refresher (writer) and the service (readers on other threads).
+class SQLiteFile:
+    """One SQLite file in WAL mode with a connection per thread: one writer, readers on other threads.
+    Subclasses give their `schema`; close() closes every thread's connection."""
+    schema = ""
 
-    Each thread gets its own connection; WAL lets readers run while the writer commits.
-    """
-
-    def __init__(self, path: str | os.PathLike | None = None, *, retention_days: int = 400):
-        if retention_days <= 0:
-            raise ValueError(f"retention_days must be positive, got {retention_days}")
+    def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path is not None else default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.retention_ms = int(retention_days * DAY_MS)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._ids: dict[str, int] = {}
         self._closed = False
         db = self._db()
         db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(SCHEMA)
+        db.executescript(self.schema)
 
     def _db(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
@@ -88,6 +83,37 @@ class Store:
             with self._lock:
                 self._connections.append(db)
         return db
+
+    def close(self) -> None:
+        """Close every connection (all threads); later calls raise ValueError."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Store(SQLiteFile):
+    """SQLite bar store shared by the refresher (writer) and the service (readers on other threads).
+
+    Each thread gets its own connection; WAL lets readers run while the writer commits.
+    """
+    schema = SCHEMA
+
+    def __init__(self, path: str | os.PathLike | None = None, *, retention_days: int = 400):
+        if retention_days <= 0:
+            raise ValueError(f"retention_days must be positive, got {retention_days}")
+        self.retention_ms = int(retention_days * DAY_MS)
+        self._ids: dict[str, int] = {}
+        super().__init__(path)
 
     def _market_id(self, market: str, create: bool) -> int | None:
         if market in self._ids:
@@ -229,19 +255,3 @@ class Store:
         rows = self._db().execute("SELECT name FROM markets WHERE EXISTS "
                                   "(SELECT 1 FROM bars WHERE bars.market = markets.id) ORDER BY name").fetchall()
         return [r[0] for r in rows]
-
-    def close(self) -> None:
-        """Close every connection (all threads); later calls raise ValueError."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            for db in self._connections:
-                db.close()
-            self._connections.clear()
-
-    def __enter__(self) -> "Store":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -27,6 +27,7 @@ from ..model.events import Traded
 from ..v1 import heatmap_service_pb2 as pb
 from ..liquidation_store import LiquidationStore
 from . import auth, liquidations, messages
+from .measured import Measured
 from .errors import RequestError, exhausted, invalid, unavailable
 from .streams import EventsTopic, ViewTopic, ZonesTopic
 from .views import Catalogue, ViewKey, check_all, event_opts, grid_opts, zone_opts
@@ -41,7 +42,7 @@ HEALTH_POLL_S = 0.5
 MAX_PENDING = 64               # distinct views waiting for a computation slot
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 STREAM_METHODS = {"view": "StreamHeatmap", "zones": "StreamZones", "events": "StreamZoneEvents",
-                  "liquidations": "StreamLiquidations"}
+                  "liquidations": "StreamLiquidations", "measured": "StreamMeasuredMap"}
 EVENT_KIND_NAMES = {v: k for k, v in messages.EVENT_KINDS.items()}
 
 
@@ -79,6 +80,7 @@ class HeatmapService:
         self.webhooks = [WebhookSink(self, hook) for hook in config.webhooks]   # checks their views
         self.recording = None               # heatsvc.recording.Recording, set by `heatsvc serve` when recording
         self._liquidation_store = None      # opened on the first GetLiquidations without a recording
+        self.measured = Measured(self)      # measured maps (public-ledger markets) and saved profiles
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -90,6 +92,7 @@ class HeatmapService:
                        asyncio.create_task(self._follow_health(), name="follow health")]
         for sink in self.webhooks:
             sink.start()
+        self.measured.load_profiles()
 
     async def begin_shutdown(self) -> None:
         """Health NOT_SERVING everywhere, refuse new streams, end open streams with status OK."""
@@ -99,6 +102,7 @@ class HeatmapService:
             topic.stop()
         if self._liquidation_store is not None:
             self._liquidation_store.close()
+        self.measured.close()
 
     async def stop(self) -> None:
         for sink in self.webhooks:
@@ -219,8 +223,9 @@ class HeatmapService:
                 bars[m] = self._stored_bars(m, last - span - DAY_MS)
         if not bars:
             raise unavailable(f"{key.market}: no bars stored yet; retry shortly")
+        params = self.catalogue.profiles[key.profile] if key.profile else self.config.params
         kw = dict(lookback=key.lookback, columns=key.columns, rows=key.rows, price_range=key.price_range,
-                  params=self.config.params, backend=self.config.backend, per_tier=key.per_tier)
+                  params=params, backend=self.config.backend, per_tier=key.per_tier)
         try:
             if key.aggregate:
                 return compute_aggregate(bars, **kw)
@@ -282,7 +287,8 @@ class HeatmapService:
         state = self.refresher.health()
         order = ["ok", "loading", "degraded", "failing"]
         out = pb.ListMarketsResponse(lookbacks=self.catalogue.lookbacks, max_cells=self.catalogue.max_cells,
-                                     parameters=messages.parameters(self.config.params))
+                                     parameters=messages.parameters(self.config.params),
+                                     profiles=await asyncio.to_thread(self.measured.profile_messages))
         for name, parts in [(m, (m,)) for m in self.catalogue.markets] + list(self.catalogue.aggregates.items()):
             exchange, _, symbol = name.partition(":")
             info = out.markets.add(market=name, exchange=exchange, symbol=symbol, aggregate=exchange == "all",
@@ -422,6 +428,16 @@ class HeatmapService:
         async for data in self._stream(context, make):
             yield data
 
+    async def GetMeasuredMap(self, request, context) -> bytes:
+        return await self._unary(context, lambda: self.measured.get(request))
+
+    async def CompareMeasured(self, request, context) -> bytes:
+        return await self._unary(context, lambda: self.measured.compare(request))
+
+    async def StreamMeasuredMap(self, request, context):
+        async for data in self._stream(context, lambda: self.measured.topic(request, self.config.limits.queue_depth)):
+            yield data
+
     def on_liquidations(self, batch) -> None:
         """A committed batch of recorded liquidations (heatsvc.recording): to the streams that want it."""
         for topic in list(self.topics.values()):
@@ -518,6 +534,9 @@ class HeatmapService:
             "GetConfluence": unary(self.GetConfluence, pb.GetConfluenceRequest),
             "GetLiquidations": unary(self.GetLiquidations, pb.GetLiquidationsRequest),
             "StreamLiquidations": stream(self.StreamLiquidations, pb.StreamLiquidationsRequest),
+            "GetMeasuredMap": unary(self.GetMeasuredMap, pb.GetMeasuredMapRequest),
+            "StreamMeasuredMap": stream(self.StreamMeasuredMap, pb.StreamMeasuredMapRequest),
+            "CompareMeasured": unary(self.CompareMeasured, pb.CompareMeasuredRequest),
         })
 
 

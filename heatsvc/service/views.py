@@ -31,6 +31,7 @@ class ViewKey:
     columns: int
     price_range: tuple[float, float] | None
     per_tier: bool = False
+    profile: str = ""       # a named parameter profile; "" the server's parameters
 
     @property
     def aggregate(self) -> bool:
@@ -73,6 +74,7 @@ class Catalogue:
         self.lookbacks = lookbacks
         self.max_cells = max_cells
         self.tiers = tiers
+        self.profiles: dict = {}     # name -> ModelParams a view may ask for (View.profile)
 
     def components(self, market: str, field: str = "view.market") -> tuple[str, ...]:
         """The single-exchange markets a view of `market` reads; NOT_FOUND if not served."""
@@ -116,9 +118,12 @@ class Catalogue:
                                                     f"{MAX_PRICE:g}, got low={lo} high={hi}"))
             else:
                 price_range = (lo, hi)
+        if msg.profile and msg.profile not in self.profiles:
+            known = ", ".join(sorted(self.profiles)) or "none saved yet"
+            bad.append((f"{field}.profile", f"profile {quoted(msg.profile)} is not known; profiles: {known}"))
         if bad:
             raise invalid(bad)
-        return ViewKey(msg.market, components, msg.lookback, rows, columns, price_range, per_tier)
+        return ViewKey(msg.market, components, msg.lookback, rows, columns, price_range, per_tier, msg.profile)
 
     def lookback_set(self, names, field: str) -> tuple[str, ...]:
         """Lookbacks to compare for confluence: the offered ones named (at least two), or all for

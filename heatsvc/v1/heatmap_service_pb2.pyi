@@ -90,18 +90,20 @@ class PriceRange(_message.Message):
     def __init__(self, low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
 
 class View(_message.Message):
-    __slots__ = ("market", "lookback", "rows", "columns", "price_range")
+    __slots__ = ("market", "lookback", "rows", "columns", "price_range", "profile")
     MARKET_FIELD_NUMBER: _ClassVar[int]
     LOOKBACK_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     PRICE_RANGE_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     market: str
     lookback: str
     rows: int
     columns: int
     price_range: PriceRange
-    def __init__(self, market: _Optional[str] = ..., lookback: _Optional[str] = ..., rows: _Optional[int] = ..., columns: _Optional[int] = ..., price_range: _Optional[_Union[PriceRange, _Mapping]] = ...) -> None: ...
+    profile: str
+    def __init__(self, market: _Optional[str] = ..., lookback: _Optional[str] = ..., rows: _Optional[int] = ..., columns: _Optional[int] = ..., price_range: _Optional[_Union[PriceRange, _Mapping]] = ..., profile: _Optional[str] = ...) -> None: ...
 
 class ZoneOptions(_message.Message):
     __slots__ = ("threshold", "top")
@@ -304,16 +306,28 @@ class MarketInfo(_message.Message):
     def __init__(self, market: _Optional[str] = ..., exchange: _Optional[str] = ..., symbol: _Optional[str] = ..., aggregate: _Optional[bool] = ..., components: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[MarketStatus, str]] = ..., last_bar_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lag_seconds: _Optional[float] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class ListMarketsResponse(_message.Message):
-    __slots__ = ("markets", "lookbacks", "max_cells", "parameters")
+    __slots__ = ("markets", "lookbacks", "max_cells", "parameters", "profiles")
     MARKETS_FIELD_NUMBER: _ClassVar[int]
     LOOKBACKS_FIELD_NUMBER: _ClassVar[int]
     MAX_CELLS_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
     markets: _containers.RepeatedCompositeFieldContainer[MarketInfo]
     lookbacks: _containers.RepeatedScalarFieldContainer[str]
     max_cells: int
     parameters: ModelParameters
-    def __init__(self, markets: _Optional[_Iterable[_Union[MarketInfo, _Mapping]]] = ..., lookbacks: _Optional[_Iterable[str]] = ..., max_cells: _Optional[int] = ..., parameters: _Optional[_Union[ModelParameters, _Mapping]] = ...) -> None: ...
+    profiles: _containers.RepeatedCompositeFieldContainer[ParameterProfile]
+    def __init__(self, markets: _Optional[_Iterable[_Union[MarketInfo, _Mapping]]] = ..., lookbacks: _Optional[_Iterable[str]] = ..., max_cells: _Optional[int] = ..., parameters: _Optional[_Union[ModelParameters, _Mapping]] = ..., profiles: _Optional[_Iterable[_Union[ParameterProfile, _Mapping]]] = ...) -> None: ...
+
+class ParameterProfile(_message.Message):
+    __slots__ = ("name", "parameters", "source")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    parameters: ModelParameters
+    source: str
+    def __init__(self, name: _Optional[str] = ..., parameters: _Optional[_Union[ModelParameters, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class GetHeatmapRequest(_message.Message):
     __slots__ = ("view", "zone_options", "boost", "include_tiers", "include_candles", "include_intensity")
@@ -596,3 +610,157 @@ class StreamLiquidationsResponse(_message.Message):
     gap_skipped: bool
     skipped_updates: int
     def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., events: _Optional[_Iterable[_Union[Liquidation, _Mapping]]] = ..., gap_skipped: _Optional[bool] = ..., skipped_updates: _Optional[int] = ...) -> None: ...
+
+class GetMeasuredMapRequest(_message.Message):
+    __slots__ = ("view", "time")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    view: View
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, view: _Optional[_Union[View, _Mapping]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class LeverageNotional(_message.Message):
+    __slots__ = ("leverage", "long_notional", "short_notional")
+    LEVERAGE_FIELD_NUMBER: _ClassVar[int]
+    LONG_NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    SHORT_NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    leverage: float
+    long_notional: float
+    short_notional: float
+    def __init__(self, leverage: _Optional[float] = ..., long_notional: _Optional[float] = ..., short_notional: _Optional[float] = ...) -> None: ...
+
+class MeasuredMap(_message.Message):
+    __slots__ = ("market", "time", "price_edges", "long_notional", "short_notional", "off_range_long", "off_range_short", "unpriced_long", "unpriced_short", "long_size", "short_size", "open_interest", "coverage_long", "coverage_short", "price", "leverage_mix", "accounts_known", "accounts_read", "positions", "oldest_read")
+    MARKET_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    PRICE_EDGES_FIELD_NUMBER: _ClassVar[int]
+    LONG_NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    SHORT_NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    OFF_RANGE_LONG_FIELD_NUMBER: _ClassVar[int]
+    OFF_RANGE_SHORT_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_LONG_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_SHORT_FIELD_NUMBER: _ClassVar[int]
+    LONG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHORT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OPEN_INTEREST_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_LONG_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_SHORT_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    LEVERAGE_MIX_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_READ_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_READ_FIELD_NUMBER: _ClassVar[int]
+    market: str
+    time: _timestamp_pb2.Timestamp
+    price_edges: _containers.RepeatedScalarFieldContainer[float]
+    long_notional: _containers.RepeatedScalarFieldContainer[float]
+    short_notional: _containers.RepeatedScalarFieldContainer[float]
+    off_range_long: float
+    off_range_short: float
+    unpriced_long: float
+    unpriced_short: float
+    long_size: float
+    short_size: float
+    open_interest: float
+    coverage_long: float
+    coverage_short: float
+    price: float
+    leverage_mix: _containers.RepeatedCompositeFieldContainer[LeverageNotional]
+    accounts_known: int
+    accounts_read: int
+    positions: int
+    oldest_read: _timestamp_pb2.Timestamp
+    def __init__(self, market: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., price_edges: _Optional[_Iterable[float]] = ..., long_notional: _Optional[_Iterable[float]] = ..., short_notional: _Optional[_Iterable[float]] = ..., off_range_long: _Optional[float] = ..., off_range_short: _Optional[float] = ..., unpriced_long: _Optional[float] = ..., unpriced_short: _Optional[float] = ..., long_size: _Optional[float] = ..., short_size: _Optional[float] = ..., open_interest: _Optional[float] = ..., coverage_long: _Optional[float] = ..., coverage_short: _Optional[float] = ..., price: _Optional[float] = ..., leverage_mix: _Optional[_Iterable[_Union[LeverageNotional, _Mapping]]] = ..., accounts_known: _Optional[int] = ..., accounts_read: _Optional[int] = ..., positions: _Optional[int] = ..., oldest_read: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetMeasuredMapResponse(_message.Message):
+    __slots__ = ("map",)
+    MAP_FIELD_NUMBER: _ClassVar[int]
+    map: MeasuredMap
+    def __init__(self, map: _Optional[_Union[MeasuredMap, _Mapping]] = ...) -> None: ...
+
+class StreamMeasuredMapRequest(_message.Message):
+    __slots__ = ("view",)
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    view: View
+    def __init__(self, view: _Optional[_Union[View, _Mapping]] = ...) -> None: ...
+
+class StreamMeasuredMapResponse(_message.Message):
+    __slots__ = ("map",)
+    MAP_FIELD_NUMBER: _ClassVar[int]
+    map: MeasuredMap
+    def __init__(self, map: _Optional[_Union[MeasuredMap, _Mapping]] = ...) -> None: ...
+
+class CompareMeasuredRequest(_message.Message):
+    __slots__ = ("view", "time", "zone_options", "save_profile")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    ZONE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SAVE_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    view: View
+    time: _timestamp_pb2.Timestamp
+    zone_options: ZoneOptions
+    save_profile: str
+    def __init__(self, view: _Optional[_Union[View, _Mapping]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., zone_options: _Optional[_Union[ZoneOptions, _Mapping]] = ..., save_profile: _Optional[str] = ...) -> None: ...
+
+class TierComparison(_message.Message):
+    __slots__ = ("leverage", "model_weight", "measured_weight")
+    LEVERAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    leverage: float
+    model_weight: float
+    measured_weight: float
+    def __init__(self, leverage: _Optional[float] = ..., model_weight: _Optional[float] = ..., measured_weight: _Optional[float] = ...) -> None: ...
+
+class CompareMeasuredResponse(_message.Message):
+    __slots__ = ("market", "lookback", "measured_time", "estimate_time", "price", "cosine_long", "cosine_short", "cosine", "estimated_above", "estimated_below", "measured_above", "measured_below", "zone_overlap_long", "zone_overlap_short", "captured_long", "captured_short", "tiers", "coverage_long", "coverage_short", "fitted", "saved_profile", "unmatched_notional", "accounts_read", "accounts_known")
+    MARKET_FIELD_NUMBER: _ClassVar[int]
+    LOOKBACK_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_TIME_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    COSINE_LONG_FIELD_NUMBER: _ClassVar[int]
+    COSINE_SHORT_FIELD_NUMBER: _ClassVar[int]
+    COSINE_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_ABOVE_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_BELOW_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_ABOVE_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_BELOW_FIELD_NUMBER: _ClassVar[int]
+    ZONE_OVERLAP_LONG_FIELD_NUMBER: _ClassVar[int]
+    ZONE_OVERLAP_SHORT_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_LONG_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_SHORT_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_LONG_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_SHORT_FIELD_NUMBER: _ClassVar[int]
+    FITTED_FIELD_NUMBER: _ClassVar[int]
+    SAVED_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    UNMATCHED_NOTIONAL_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_READ_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    market: str
+    lookback: str
+    measured_time: _timestamp_pb2.Timestamp
+    estimate_time: _timestamp_pb2.Timestamp
+    price: float
+    cosine_long: float
+    cosine_short: float
+    cosine: float
+    estimated_above: float
+    estimated_below: float
+    measured_above: float
+    measured_below: float
+    zone_overlap_long: float
+    zone_overlap_short: float
+    captured_long: float
+    captured_short: float
+    tiers: _containers.RepeatedCompositeFieldContainer[TierComparison]
+    coverage_long: float
+    coverage_short: float
+    fitted: ModelParameters
+    saved_profile: str
+    unmatched_notional: float
+    accounts_read: int
+    accounts_known: int
+    def __init__(self, market: _Optional[str] = ..., lookback: _Optional[str] = ..., measured_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimate_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., price: _Optional[float] = ..., cosine_long: _Optional[float] = ..., cosine_short: _Optional[float] = ..., cosine: _Optional[float] = ..., estimated_above: _Optional[float] = ..., estimated_below: _Optional[float] = ..., measured_above: _Optional[float] = ..., measured_below: _Optional[float] = ..., zone_overlap_long: _Optional[float] = ..., zone_overlap_short: _Optional[float] = ..., captured_long: _Optional[float] = ..., captured_short: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierComparison, _Mapping]]] = ..., coverage_long: _Optional[float] = ..., coverage_short: _Optional[float] = ..., fitted: _Optional[_Union[ModelParameters, _Mapping]] = ..., saved_profile: _Optional[str] = ..., unmatched_notional: _Optional[float] = ..., accounts_read: _Optional[int] = ..., accounts_known: _Optional[int] = ...) -> None: ...

@@ -85,6 +85,21 @@ class HeatmapServiceStub:
                 request_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamLiquidationsRequest.SerializeToString,
                 response_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamLiquidationsResponse.FromString,
                 _registered_method=True)
+        self.GetMeasuredMap = channel.unary_unary(
+                '/heatsvc.v1.HeatmapService/GetMeasuredMap',
+                request_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetMeasuredMapRequest.SerializeToString,
+                response_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetMeasuredMapResponse.FromString,
+                _registered_method=True)
+        self.StreamMeasuredMap = channel.unary_stream(
+                '/heatsvc.v1.HeatmapService/StreamMeasuredMap',
+                request_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamMeasuredMapRequest.SerializeToString,
+                response_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamMeasuredMapResponse.FromString,
+                _registered_method=True)
+        self.CompareMeasured = channel.unary_unary(
+                '/heatsvc.v1.HeatmapService/CompareMeasured',
+                request_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.CompareMeasuredRequest.SerializeToString,
+                response_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.CompareMeasuredResponse.FromString,
+                _registered_method=True)
 
 
 class HeatmapServiceServicer:
@@ -164,6 +179,30 @@ class HeatmapServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMeasuredMap(self, request, context):
+        """The measured liquidation map of a public-ledger market (hyperliquid:COIN, MODEL.md section 15):
+        real positions' notional at their real liquidation prices, on a view's price rows, with coverage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamMeasuredMap(self, request, context):
+        """The latest measured map first, then each new stored snapshot's map on the same rows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompareMeasured(self, request, context):
+        """The estimated book against the measured map on one grid: shape similarity, notional above and
+        below the price, zone overlap, tier weights against the measured leverage mix, and fitted weights
+        (optionally saved as a named parameter profile any view may then use through View.profile).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HeatmapServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +250,21 @@ def add_HeatmapServiceServicer_to_server(servicer, server):
                     servicer.StreamLiquidations,
                     request_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamLiquidationsRequest.FromString,
                     response_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamLiquidationsResponse.SerializeToString,
+            ),
+            'GetMeasuredMap': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMeasuredMap,
+                    request_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetMeasuredMapRequest.FromString,
+                    response_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.GetMeasuredMapResponse.SerializeToString,
+            ),
+            'StreamMeasuredMap': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamMeasuredMap,
+                    request_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamMeasuredMapRequest.FromString,
+                    response_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.StreamMeasuredMapResponse.SerializeToString,
+            ),
+            'CompareMeasured': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareMeasured,
+                    request_deserializer=heatsvc_dot_v1_dot_heatmap__service__pb2.CompareMeasuredRequest.FromString,
+                    response_serializer=heatsvc_dot_v1_dot_heatmap__service__pb2.CompareMeasuredResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -462,6 +516,87 @@ class HeatmapService:
             '/heatsvc.v1.HeatmapService/StreamLiquidations',
             heatsvc_dot_v1_dot_heatmap__service__pb2.StreamLiquidationsRequest.SerializeToString,
             heatsvc_dot_v1_dot_heatmap__service__pb2.StreamLiquidationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMeasuredMap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heatsvc.v1.HeatmapService/GetMeasuredMap',
+            heatsvc_dot_v1_dot_heatmap__service__pb2.GetMeasuredMapRequest.SerializeToString,
+            heatsvc_dot_v1_dot_heatmap__service__pb2.GetMeasuredMapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMeasuredMap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/heatsvc.v1.HeatmapService/StreamMeasuredMap',
+            heatsvc_dot_v1_dot_heatmap__service__pb2.StreamMeasuredMapRequest.SerializeToString,
+            heatsvc_dot_v1_dot_heatmap__service__pb2.StreamMeasuredMapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareMeasured(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heatsvc.v1.HeatmapService/CompareMeasured',
+            heatsvc_dot_v1_dot_heatmap__service__pb2.CompareMeasuredRequest.SerializeToString,
+            heatsvc_dot_v1_dot_heatmap__service__pb2.CompareMeasuredResponse.FromString,
             options,
             channel_credentials,
             insecure,
