@@ -19,6 +19,8 @@ COMMANDS = {
     "alerts": ("heatsvc.client", "print a view's zone events as they come: new, swept, neared zones, magnet, skew"),
     "liquidations": ("heatsvc.tracker", "realised liquidations of a market: recent events, 1-minute and 1-hour "
                                         "totals, the day's largest (--follow: live)"),
+    "compare": ("heatsvc.compare", "hold a server's estimate against the measured liquidation map of a market whose "
+                                   "positions are public (hyperliquid:COIN); fit and save tier weights"),
     "render": ("heatsvc.render", "draw a heatmap or liquidation map as PNG"),
     "web": ("heatsvc.web.cli", "serve the live heatmap page: a gateway from the gRPC service to browsers"),
     "backtest": ("heatsvc.backtest.cli", "judge the heatmap against what happened (MODEL.md section 15) and write a report"),

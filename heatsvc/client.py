@@ -42,6 +42,8 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=0, help="price rows (default: server's, 400)")
     parser.add_argument("--columns", type=int, default=0, help="time columns (default: server's, 288)")
     parser.add_argument("--price-range", nargs=2, type=float, metavar=("LOW", "HIGH"), help="explicit price range")
+    parser.add_argument("--profile", default="", metavar="NAME",
+                        help="a saved parameter profile (heatsvc compare --save-profile) instead of the server's")
     parser.add_argument("--threshold", type=float, help="zone noise threshold in [0, 1) (default 0.2)")
     parser.add_argument("--top", type=int, default=0, help="zones per side (default 5)")
     add_connection_arguments(parser)
@@ -62,7 +64,8 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
 
 
 def view(args) -> pb.View:
-    msg = pb.View(market=args.market, lookback=args.lookback, rows=max(args.rows, 0), columns=max(args.columns, 0))
+    msg = pb.View(market=args.market, lookback=args.lookback, rows=max(args.rows, 0), columns=max(args.columns, 0),
+                  profile=getattr(args, "profile", ""))
     if args.rows < 0 or args.columns < 0:
         raise ValueError("--rows and --columns must be >= 0")
     if args.price_range:

@@ -252,7 +252,8 @@ def test_target_gives_the_local_arrays_and_picture(stack, tmp_path, capsys):
     view = ["--market", "binance:BTCUSDT", "--lookback", "1d", "--rows", "120", "--columns", "48"]
     args = cli.build_parser().parse_args(["render", "--target", stack.target, *view, "--boost", "0.7",
                                           "--kind", "map", "--stack-tiers", "-o", "x.png"])
-    got = render.fetch_scene(args)
+    got, measured = render.fetch_scene(args)
+    assert measured is None
     hm = compute_heatmap(stack.store.load("binance:BTCUSDT"), lookback="1d", rows=120, columns=48, per_tier=True,
                          market="binance:BTCUSDT", backend="python")
     want = render.scene_from_heatmap(hm, market="binance:BTCUSDT", lookback="1d", boost=0.7, price=got.price)
