@@ -102,7 +102,8 @@ class Refresher:
     def __init__(self, store: Store, clients: Mapping[str, ExchangeClient], markets: Sequence[str], *,
                  interval_s: float = 60.0, history_days: float = 365.0, progress: bool = False,
                  now_ms: Callable[[], int] | None = None, chunk_days: float = 5.0, failing_after: int = 3,
-                 gap_attempts: int = 5, queue_size: int = 64, relist_s: float | None = 86_400.0):
+                 gap_attempts: int = 5, queue_size: int = 64, relist_s: float | None = 86_400.0,
+                 selectors: Mapping[str, tuple[Sequence[str], int | None]] | None = None):
         if not interval_s > 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
         if not history_days > 0:
@@ -116,20 +117,41 @@ class Refresher:
         self.chunk_ms = max(STEP_MS, align_down(int(chunk_days * DAY_MS)))
         self.failing_after, self.gap_attempts, self.queue_size = failing_after, gap_attempts, queue_size
         self.relist_s = relist_s      # how often each exchange's listing is checked (None: never)
+        # per exchange, the configured symbol patterns and rank limit: what they newly select is added
+        self.selectors = dict(selectors or {})
+        self.clients = dict(clients)
         self._markets: dict[str, _Market] = {}
         for market in markets:
-            exchange, _, symbol = market.partition(":")
-            if not symbol or not symbol.isalnum():
-                raise ValueError(f"market {market!r} must be 'exchange:SYMBOL'")
-            if exchange not in clients:
-                raise ValueError(f"market {market!r}: no client for exchange {exchange!r} "
-                                 f"(have {', '.join(sorted(clients)) or 'none'})")
-            self._markets[market] = _Market(market, clients[exchange], symbol)
+            self._markets[market] = self._new_market(market)
         self._subscribers: set[asyncio.Queue] = set()
         self._tasks: list[asyncio.Task] = []
         self._progress = None
         self._bar = None          # the backfill's one progress task
         self._owed = 0            # bars it covers so far
+
+    def _new_market(self, market: str) -> _Market:
+        exchange, _, symbol = market.partition(":")
+        if not symbol or not symbol.isalnum():
+            raise ValueError(f"market {market!r} must be 'exchange:SYMBOL'")
+        if exchange not in self.clients:
+            raise ValueError(f"market {market!r}: no client for exchange {exchange!r} "
+                             f"(have {', '.join(sorted(self.clients)) or 'none'})")
+        return _Market(market, self.clients[exchange], symbol)
+
+    def add_market(self, market: str) -> bool:
+        """Serve one more market (a new listing the patterns select): backfilled and refreshed like the
+        others from now on; False if it is already served."""
+        if market in self._markets:
+            return False
+        m = self._markets[market] = self._new_market(market)
+        if self._tasks:
+            self._tasks.append(asyncio.create_task(self._run(m), name=f"refresh {m.name}"))
+        return True
+
+    @property
+    def markets(self) -> list[str]:
+        """The markets refreshed, in the order they were added."""
+        return list(self._markets)
 
     # ----- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -399,17 +421,28 @@ class Refresher:
     async def check_listings(self) -> None:
         """Ask each exchange which USDT perpetuals it lists now. A market no longer listed is delisted:
         no longer refreshed, its history kept, its health `failing` saying so; listed again, it resumes.
+        A new listing the exchange's configured patterns select is added and served from now on.
         An exchange that cannot answer now is asked again next time."""
-        by_client: dict[int, tuple[ExchangeClient, list[_Market]]] = {}
+        from .discovery import select
+
+        by_client: dict[str, list[_Market]] = {name: [] for name in self.selectors if name in self.clients}
         for m in self._markets.values():
             if m.symbol.endswith("USDT"):            # the universe list_perpetuals covers
-                by_client.setdefault(id(m.client), (m.client, []))[1].append(m)
-        for client, markets in by_client.values():
+                by_client.setdefault(m.client.name, []).append(m)
+        for name, markets in by_client.items():
+            client = self.clients[name]
             try:
-                listed = {x.symbol for x in await client.list_perpetuals()}
+                listings = await client.list_perpetuals()
             except (ExchangeError, ExchangeUnavailable) as exc:
                 log.warning("%s: listing not checked now: %s", client.name, exc)
                 continue
+            listed = {x.symbol for x in listings}
+            if name in self.selectors:
+                patterns, top = self.selectors[name]
+                for symbol in select(listings, patterns, top):
+                    if self.add_market(f"{name}:{symbol}"):
+                        log.warning("%s:%s: newly listed and selected by %s; backfilling and serving it",
+                                    name, symbol, ", ".join(patterns))
             for m in markets:
                 if m.symbol not in listed and m.delisted is None:
                     m.delisted = (f"delisted: {m.symbol} is no longer listed as a trading perpetual on "

@@ -144,7 +144,7 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     gracefully (health NOT_SERVING, streams end with OK, refresher stopped, store closed)."""
     from ..model.bars import parse_time
     from ..config import with_overrides
-    from ..discovery import discover
+    from ..discovery import discover, is_pattern
     from ..exchanges import make_client
     from ..refresher import Refresher
     from ..replay import ReplayExchange
@@ -188,9 +188,12 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
                 if now_ms is not None:   # the demo's clients run on the replay clock too
                     extra["now_ms"] = now_ms
                 clients[ex.name] = make_client(ex.name, ex.base_url, **extra)
+        selectors = {ex.name: (ex.symbols, ex.top) for ex in config.exchanges
+                     if ex.name in clients and any(is_pattern(s) for s in ex.symbols)}
         config = await discover(config, clients)   # symbol patterns and `top` become symbols
         refresher = Refresher(store, clients, config.markets, interval_s=config.refresh_interval_s,
-                              history_days=config.history_days, progress=progress, now_ms=now_ms)
+                              history_days=config.history_days, progress=progress, now_ms=now_ms,
+                              selectors=selectors)   # what they select later is served from then on
         server = Server(config, store, refresher)
         port = await server.start()
         host = config.listen.rpartition(":")[0]

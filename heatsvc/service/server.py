@@ -147,6 +147,12 @@ class HeatmapService:
 
     async def _update_health(self) -> None:
         state = self.refresher.health()
+        for m in state.keys() - self.versions.keys():   # newly listed while serving: served from now on
+            self.versions[m] = 0
+            aggregate = self.catalogue.add(m)
+            log.warning("%s: now served (a new listing); health NOT_SERVING until its data is loaded", m)
+            if len(self.catalogue.aggregates[aggregate]) == 2:
+                log.warning("%s: now served as an aggregate", aggregate)
         ready = {m for m in self.catalogue.markets if m in state and state[m].ready}
         self._loaded |= ready
         for m in self.catalogue.markets:

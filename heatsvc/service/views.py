@@ -64,17 +64,24 @@ class Catalogue:
     """The served markets, their aggregates ("all:SYMBOL") and the offered lookbacks."""
 
     def __init__(self, markets: list[str], lookbacks: tuple[str, ...], max_cells: int, tiers: int):
-        self.markets = list(markets)
-        self.exchanges = sorted({m.split(":", 1)[0] for m in markets})
+        self.markets: list[str] = []
+        self.exchanges: list[str] = []
         self.aggregates: dict[str, tuple[str, ...]] = {}
         for m in markets:
-            symbol = m.split(":", 1)[1]
-            self.aggregates.setdefault(f"all:{symbol}", ())
-            self.aggregates[f"all:{symbol}"] += (m,)
+            self.add(m)
         self.lookbacks = lookbacks
         self.max_cells = max_cells
         self.tiers = tiers
         self.profiles: dict = {}     # name -> ModelParams a view may ask for (View.profile)
+
+    def add(self, market: str) -> str:
+        """Serve one more market (a new listing); returns its aggregate's name."""
+        exchange, _, symbol = market.partition(":")
+        self.markets.append(market)
+        if exchange not in self.exchanges:
+            self.exchanges = sorted({*self.exchanges, exchange})
+        self.aggregates[f"all:{symbol}"] = self.aggregates.get(f"all:{symbol}", ()) + (market,)
+        return f"all:{symbol}"
 
     def components(self, market: str, field: str = "view.market") -> tuple[str, ...]:
         """The single-exchange markets a view of `market` reads; NOT_FOUND if not served."""
