@@ -1,5 +1,5 @@
 """`heatsvc compare`: a running server's estimate held against the measured liquidation map of a
-public-ledger market (CompareMeasured, MODEL.md section 15), printed with its coverage and time;
+public-ledger market (CompareMeasured, MODEL.md section 16), printed with its coverage and time;
 `--save-profile NAME` keeps the fitted tier weights as a profile any view may use (View.profile).
 """
 from __future__ import annotations

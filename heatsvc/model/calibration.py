@@ -1,4 +1,4 @@
-"""The estimate held against the measurement (MODEL.md section 15): shape similarity, the notional
+"""The estimate held against the measurement (MODEL.md section 16): shape similarity, the notional
 above and below the price, zone overlap, and the model's tier weights against the measured
 leverage mix, with tier weights fitted to that mix.
 

@@ -1,5 +1,5 @@
 """The measured liquidation map: real positions' notional at their real liquidation prices, on the
-price rows of a view, beside the model's estimate (MODEL.md section 15).
+price rows of a view, beside the model's estimate (MODEL.md section 16).
 
 Pure and without I/O. A position the exchange gives no liquidation price is kept apart (unpriced),
 never placed on the grid; open interest unknown means coverage unknown (NaN), never zero.
@@ -37,7 +37,7 @@ class MeasuredMap:
 
     @property
     def coverage(self) -> dict[str, float]:
-        """Per side, measured size over open interest (MODEL.md section 15: open interest is one side)."""
+        """Per side, measured size over open interest (MODEL.md section 16: open interest is one side)."""
         oi = self.open_interest
         ok = oi > 0 and math.isfinite(oi)
         return {s: self.size[s] / oi if ok else math.nan for s in SIDES}

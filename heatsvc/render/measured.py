@@ -1,4 +1,4 @@
-"""The measured liquidation map (real positions at their real liquidation prices, MODEL.md section 15)
+"""The measured liquidation map (real positions at their real liquidation prices, MODEL.md section 16)
 beside the estimated map of the same view, on the same price rows."""
 from __future__ import annotations
 

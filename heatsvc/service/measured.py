@@ -1,4 +1,4 @@
-"""GetMeasuredMap, StreamMeasuredMap and CompareMeasured (MODEL.md section 15): real positions of a
+"""GetMeasuredMap, StreamMeasuredMap and CompareMeasured (MODEL.md section 16): real positions of a
 public-ledger exchange at their real liquidation prices, on the price rows of the estimate's view,
 and the estimate held against them. Snapshots come from the positions poller through the
 MeasuredRecorder into the MeasuredStore; every figure carries its time and coverage.

@@ -180,7 +180,7 @@ class HeatmapServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetMeasuredMap(self, request, context):
-        """The measured liquidation map of a public-ledger market (hyperliquid:COIN, MODEL.md section 15):
+        """The measured liquidation map of a public-ledger market (hyperliquid:COIN, MODEL.md section 16):
         real positions' notional at their real liquidation prices, on a view's price rows, with coverage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
