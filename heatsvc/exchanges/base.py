@@ -222,8 +222,8 @@ class ExchangeClient:
 
     async def request(self, path: str, params: Mapping | None = None, *, weight: int = 1,
                       url: str | None = None, raw: bool = False, max_bytes: int | None = None,
-                      parse: Callable | None = None):
-        """GET base_url + path, retrying what is worth retrying; returns the decoded payload
+                      parse: Callable | None = None, json_body=None):
+        """GET base_url + path (POST `json_body` when given), retrying what is worth retrying; returns the decoded payload
         (or the body bytes when raw), or what `parse` makes of it: a payload that `parse` finds of
         the wrong shape is a malformed answer, retried. Bodies beyond max_bytes (default
         max_body_bytes) are refused unread. Raises ExchangeError (permanent) or ExchangeUnavailable."""
@@ -236,7 +236,8 @@ class ExchangeClient:
             wait = None
             try:
                 try:
-                    response, body = await self.fetch(path, target, params, max_bytes or self.max_body_bytes)
+                    response, body = await self.fetch(path, target, params, max_bytes or self.max_body_bytes,
+                                                      json_body)
                 finally:
                     if window is not None:
                         window.release()
@@ -285,12 +286,14 @@ class ExchangeClient:
         """A Retry for an error answer the exchange documents as transient (a throttle), else None."""
         return None
 
-    async def fetch(self, path: str, target: str, params: Mapping | None, limit: int) -> tuple[httpx.Response, bytes]:
-        """One GET: the response and its body, streamed and abandoned as soon as it exceeds `limit`
-        bytes, or when the whole answer takes longer than attempt_s (a server dripping bytes)."""
+    async def fetch(self, path: str, target: str, params: Mapping | None, limit: int,
+                    json_body=None) -> tuple[httpx.Response, bytes]:
+        """One GET (a POST of `json_body` when given): the response and its body, streamed and abandoned
+        as soon as it exceeds `limit` bytes, or when the whole answer takes longer than attempt_s."""
+        method = "GET" if json_body is None else "POST"
         try:
             async with asyncio.timeout(self.attempt_s):
-                async with self.http.stream("GET", target, params=params) as response:
+                async with self.http.stream(method, target, params=params, json=json_body) as response:
                     declared = response.headers.get("Content-Length", "")
                     chunks, size = [], 0
                     if declared.isdigit() and int(declared) > limit:
