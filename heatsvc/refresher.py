@@ -245,8 +245,8 @@ class Refresher:
         metrics.REFRESHES.labels(m.name, "ok").inc()
         m.ready.set()
         self._count_down(m)
-        while True:
-            await asyncio.sleep(self.interval_s)
+        while True:   # a client may ask for a slower cadence (Hyperliquid: its weight budget)
+            await asyncio.sleep(max(self.interval_s, m.client.min_refresh_s))
             await self.refresh(m.name)
             if m.failures:
                 await self._pause(m, extra_only=True)

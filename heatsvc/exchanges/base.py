@@ -141,6 +141,7 @@ class ExchangeClient:
     BAN_FLOOR_S = 0.0      # the shortest ban the exchange documents (Bybit: 10 minutes)
     OI_CONVENTION = 1      # raised when the meaning of the open interest the client returns changes;
     LEGACY_OI_FACTOR = 1.0  # stored values of older conventions are multiplied by this, once
+    min_refresh_s = 0.0     # the refresher refreshes this client's markets no more often than this
 
     def __init__(self, base_url: str | None = None, *, timeout_s: float = 10.0, max_retries: int = 6,
                  backoff_s: float = 0.5, backoff_cap_s: float = 30.0, max_wait_s: float = 60.0,

@@ -80,8 +80,9 @@ class HyperliquidClient(ExchangeClient):
     default_base_url = "https://api.hyperliquid.xyz"
 
     def __init__(self, base_url: str | None = None, *, weight_share: float = 0.8, samples: OiSamples | None = None,
-                 flow: TakerFlow | None = None, **kw):
+                 flow: TakerFlow | None = None, min_refresh_s: float = 0.0, **kw):
         super().__init__(base_url, **kw)
+        self.min_refresh_s = min_refresh_s
         if not 0 < weight_share <= 1:
             raise ValueError(f"hyperliquid: weight_share must be in (0, 1], got {weight_share}")
         self.budget = WeightWindow(weight_share * WEIGHT_PER_MINUTE, 60.0)
