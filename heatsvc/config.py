@@ -41,6 +41,7 @@ Example (every key optional):
     weight_share = 0.8          # share of the 1,200 weight a minute per IP heatsvc may spend in all
     poller_share = 0.4          # of it, the positions poller's (clearinghouseState, weight 2: 240 reads a minute)
     addresses_file = "/etc/heatsvc/hl-accounts"   # accounts to poll besides those the trades reveal
+    asset_ctxs_files = ["/data/hl/asset_ctxs/*.csv.lz4"]   # S3 archive files: open interest before our sampling
 
     [liquidations]              # record realised liquidations from the exchanges' WebSocket streams
     enabled = false             # default off: it opens one connection per exchange (the demo turns it on)
@@ -92,7 +93,7 @@ EXCHANGES = ("binance", "bybit", "okx", "hyperliquid")
 DEFAULT_EXCHANGES = ("binance", "bybit", "okx")     # served when the file names none
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
 DEFAULT_COINS = ("BTC", "ETH")                      # Hyperliquid names markets by coin
-HYPERLIQUID_KEYS = ("weight_share", "poller_share", "addresses_file")
+HYPERLIQUID_KEYS = ("weight_share", "poller_share", "addresses_file", "asset_ctxs_files")
 LIVE_URLS = {
     "binance": {"base_url": "https://fapi.binance.com", "archive_url": "https://data.binance.vision",
                 "ws_url": "wss://fstream.binance.com/market/stream?streams=!forceOrder@arr/btcusdt@markPrice@1s"},
@@ -115,6 +116,7 @@ class ExchangeConfig:
     weight_share: float = 0.8      # Hyperliquid only: share of the per-IP weight budget (1,200 a minute)
     poller_share: float = 0.4      # Hyperliquid only: the positions poller's share of that budget
     addresses_file: str | None = None   # Hyperliquid only: accounts to poll, one address a line
+    asset_ctxs_files: tuple[str, ...] = ()   # Hyperliquid only: glob patterns of S3 archive asset_ctxs files
 
 
 @dataclass(frozen=True)
@@ -252,7 +254,10 @@ def _hyperliquid(table: dict, where: str) -> dict:
     d = ExchangeConfig("hyperliquid", ())
     out = {"weight_share": _take(table, where, "weight_share", float, d.weight_share, share, "must be in (0, 1]"),
            "poller_share": _take(table, where, "poller_share", float, d.poller_share, share, "must be in (0, 1]"),
-           "addresses_file": _take(table, where, "addresses_file", str, None)}
+           "addresses_file": _take(table, where, "addresses_file", str, None),
+           "asset_ctxs_files": tuple(_take(table, where, "asset_ctxs_files", list, [],
+                                           lambda v: all(isinstance(x, str) and x for x in v),
+                                           "list file paths or glob patterns"))}
     if out["poller_share"] > out["weight_share"]:
         raise ValueError(f"config: {where}.poller_share = {out['poller_share']} is invalid: it is a part of "
                          f"weight_share = {out['weight_share']} and cannot exceed it")

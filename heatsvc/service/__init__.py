@@ -149,6 +149,13 @@ def start_hyperliquid(config, client, service, *, now_ms=None, speed: float | No
 
     ex = next(e for e in config.exchanges if e.name == "hyperliquid")
     addresses = load_addresses(ex.addresses_file) if ex.addresses_file else ()
+    if ex.asset_ctxs_files:      # the S3 archive's open interest, for bars before our own sampling
+        import glob
+
+        from ..exchanges.hyperliquid_archive import import_asset_ctxs
+        files = sorted(f for pattern in ex.asset_ctxs_files for f in glob.glob(pattern))
+        rows = import_asset_ctxs(client.samples, files, set(ex.symbols))
+        print(f"heatsvc: hyperliquid open interest: {rows} archive rows from {len(files)} file(s)", flush=True)
     interval = 60.0 if speed is None else min(60.0, STEP_MS / 1000 / speed)   # the demo: one sample a bar
     feeds = HyperliquidFeeds(client, ex.symbols, ws_url=ex.ws_url, poller_share=ex.poller_share,
                              addresses=addresses, sample_interval_s=interval,
