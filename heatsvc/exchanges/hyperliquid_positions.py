@@ -4,7 +4,7 @@ of the per-IP weight budget and keeps each account's latest positions with their
 Accounts come from the trades stream (both sides of every trade) and an optional address file. Each
 cycle reads the accounts holding the largest positions in the served coins first, then the rest in
 rotation; a cycle spends at most one period's share (share x 1,200 weight a minute / 2 weight a read,
-e.g. 0.4 -> 240 reads a minute) and lasts at least `cycle_s`. Memory is bounded: at most
+e.g. 0.4 -> 240 reads a minute), spreads its reads over the cycle and lasts at least `cycle_s`. Memory is bounded: at most
 `max_accounts` accounts, and an account found without positions `drop_after` reads in a row is
 forgotten (address-file accounts are kept).
 """
@@ -110,16 +110,20 @@ class PositionPoller:
             await asyncio.sleep(max(0.0, self.cycle_s - (time.monotonic() - started)))
 
     async def cycle(self) -> int:
-        """Read one schedule; returns the accounts read."""
+        """Read one schedule, spread over 90 % of cycle_s (no burst at the start of each minute);
+        returns the accounts read."""
         todo = self.schedule()
         started = time.monotonic()
+        spacing = 0.9 * self.cycle_s / max(1, len(todo))
         done = 0
         queue = list(reversed(todo))
 
         async def worker():
             nonlocal done
             while queue:
+                k = len(todo) - len(queue)
                 a = queue.pop()
+                await asyncio.sleep(max(0.0, started + k * spacing - time.monotonic()))
                 if await self.read(a):
                     done += 1
         await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(todo)))))
