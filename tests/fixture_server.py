@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import pytest
 import json
 from urllib.parse import parse_qs, urlsplit
 
@@ -105,3 +107,23 @@ class FixtureServer:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+FAST = dict(timeout_s=2.0, backoff_s=0.01, backoff_cap_s=0.05, max_retries=3, seed=1)
+
+
+async def with_client(exchange: str, url: str, work, **kw):
+    """`work(client)` with a fast-retrying client of `exchange` at `url`, closed after."""
+    from heatsvc.exchanges import make_client
+    c = make_client(exchange, url, **{**FAST, **kw})
+    try:
+        return await work(c)
+    finally:
+        await c.aclose()
+
+
+@pytest.fixture()
+def server():
+    """A FixtureServer for one test (import it into the test module to use it)."""
+    with FixtureServer() as s:
+        yield s

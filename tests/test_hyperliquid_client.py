@@ -12,15 +12,14 @@ import time
 import numpy as np
 import pytest
 
-from fixture_server import Answer, FixtureServer, fixture
-from heatsvc.exchanges import ExchangeError, ExchangeUnavailable, make_client
+from fixture_server import Answer, fixture, server, with_client  # noqa: F401 (server: a fixture)
+from heatsvc.exchanges import ExchangeError, ExchangeUnavailable
 from heatsvc.exchanges.hyperliquid import candle_weight
 from heatsvc.exchanges.hyperliquid_flow import TakerFlow, Trade
 from heatsvc.exchanges.hyperliquid_oi import OiSamples
 from heatsvc.exchanges.weights import WeightWindow
 from heatsvc.model.bars import STEP_MS
 
-FAST = dict(timeout_s=2.0, backoff_s=0.01, backoff_cap_s=0.05, max_retries=3, seed=1)
 INFO = "/info"
 META = fixture("hyperliquid/meta-and-asset-ctxs-mainnet-prefix.json")
 STATE = fixture("hyperliquid/clearinghouse-state.json")
@@ -31,23 +30,14 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def with_client(url: str, work, **kw):
-    c = make_client("hyperliquid", url, **{**FAST, **kw})
-    try:
-        return await work(c)
-    finally:
-        await c.aclose()
-
-
-@pytest.fixture()
-def server():
-    with FixtureServer() as s:
-        yield s
+def hl(url: str, work, **kw):
+    """`work(client)` with a Hyperliquid client at `url`."""
+    return with_client("hyperliquid", url, work, **kw)
 
 
 def test_listing_skips_delisted_and_ranks_by_day_notional_volume(server):
     server.route(INFO + "#metaAndAssetCtxs", Answer(200, META))
-    listings = run(with_client(server.url, lambda c: c.list_perpetuals(), now_ms=lambda: 1_788_490_000_000))
+    listings = run(hl(server.url, lambda c: c.list_perpetuals(), now_ms=lambda: 1_788_490_000_000))
     assert {x.symbol: x.quote_volume for x in listings} == {
         "BTC": 4490636711.4322738647, "ETH": 1275317514.6673593521, "ATOM": 1148752.838546}
     seen = server.seen[0]
@@ -60,7 +50,7 @@ def test_samples_record_open_interest_and_mark_of_live_coins_only(server):
     async def work(c):
         await c.sample()
         return c.samples
-    samples = run(with_client(server.url, work, now_ms=lambda: 1_788_490_000_000))
+    samples = run(hl(server.url, work, now_ms=lambda: 1_788_490_000_000))
     assert samples.latest("BTC") == (1_788_490_000_000, 36295.80812, 80639.0)
     assert samples.latest("ETH") == (1_788_490_000_000, 897134.8736000003, 2499.93)
     assert samples.latest("MATIC") is None, "delisted: no sample"
@@ -74,19 +64,19 @@ def test_sdk_doc_example_without_optional_fields_parses(server):
         with pytest.raises(ExchangeError, match="HYPEUSDT"):
             await c.check_symbol("HYPEUSDT")
         return c.samples.latest("BTC")
-    assert run(with_client(server.url, work, now_ms=lambda: 5)) == (5, 0.22168, 28429.3)
+    assert run(hl(server.url, work, now_ms=lambda: 5)) == (5, 0.22168, 28429.3)
 
 
 def test_delisted_coin_is_refused(server):
     server.route(INFO + "#metaAndAssetCtxs", Answer(200, META))
     with pytest.raises(ExchangeError, match="delisted"):
-        run(with_client(server.url, lambda c: c.check_symbol("MATIC"), now_ms=lambda: 1))
+        run(hl(server.url, lambda c: c.check_symbol("MATIC"), now_ms=lambda: 1))
 
 
 def test_clearinghouse_state_positions_are_the_body_values(server):
     server.route(INFO + "#clearinghouseState", Answer(200, STATE))
     user = "0x5e9ee1089755c3435139848e47e6635505d5a13a"
-    positions, read_ms = run(with_client(server.url, lambda c: c.clearinghouse_state(user), now_ms=lambda: 77))
+    positions, read_ms = run(hl(server.url, lambda c: c.clearinghouse_state(user), now_ms=lambda: 77))
     assert server.seen[0].body == {"type": "clearinghouseState", "user": user}
     by_coin = {p.coin: p for p in positions}
     assert len(positions) == 12 and read_ms == 77, "the 2023 body has no `time`: our clock stamps it"
@@ -106,7 +96,7 @@ def test_candles_become_bars_with_missing_open_interest_and_taker_share(server):
 
     async def work(c):
         return await c.fetch_bars("kPEPE", first, last + STEP_MS)
-    bars = run(with_client(server.url, work, now_ms=lambda: last + 3_600_000))
+    bars = run(hl(server.url, work, now_ms=lambda: last + 3_600_000))
     assert server.seen[0].body == {"type": "candleSnapshot", "req": {"coin": "kPEPE", "interval": "5m",
                                                                      "startTime": first, "endTime": last + STEP_MS - 1}}
     assert bars["time_ms"].tolist() == [r["t"] for r in rows]
@@ -128,7 +118,7 @@ def test_429_null_holds_the_host_and_retries(server):
             return listings, time.monotonic() - started, c.hold_reason, c.retries
         finally:
             hl.THROTTLE_S = hl_throttle
-    listings, took, reason, retries = run(with_client(server.url, work))
+    listings, took, reason, retries = run(hl(server.url, work))
     assert len(listings) == 3
     times = server.times(INFO + "#metaAndAssetCtxs")
     assert len(times) == 2 and times[1] - times[0] >= 0.29, "waited out the hold before asking again"
@@ -147,7 +137,7 @@ def test_repeated_429_holds_longer_each_time_and_gives_up(server):
                 await c.list_perpetuals()
         finally:
             hl.THROTTLE_S = saved
-    run(with_client(server.url, work, max_retries=3))
+    run(hl(server.url, work, max_retries=3))
     t = server.times(INFO + "#metaAndAssetCtxs")
     gaps = np.diff(t)
     assert len(t) == 4 and gaps[1] > gaps[0] * 1.6 and gaps[2] > gaps[1] * 1.6, gaps
@@ -157,7 +147,7 @@ def test_a_request_hyperliquid_refuses_is_not_retried(server):
     server.route(INFO + "#clearinghouseState", Answer(422, b"Failed to deserialize the JSON body into the target type",
                                                       content_type="text/plain"))
     with pytest.raises(ExchangeError, match="422"):
-        run(with_client(server.url, lambda c: c.clearinghouse_state("0xnot-an-address")))
+        run(hl(server.url, lambda c: c.clearinghouse_state("0xnot-an-address")))
     assert server.count(INFO + "#clearinghouseState") == 1
 
 
@@ -190,7 +180,7 @@ def test_candle_weight_settles_to_what_was_returned(server):
     async def work(c):
         await c.candles("kPEPE", 0, 10 * STEP_MS)
         return c.budget.spent
-    assert run(with_client(server.url, work, now_ms=lambda: 10 * STEP_MS)) == candle_weight(n) == 21
+    assert run(hl(server.url, work, now_ms=lambda: 10 * STEP_MS)) == candle_weight(n) == 21
 
 
 def test_oi_stamp_is_the_last_sample_at_or_before_the_close():

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
+from demo_process import read_until, running
 from fixture_server import FIXTURES
 from heatsvc.config import load, parse
 from heatsvc.exchanges import make_client
@@ -109,15 +106,8 @@ def test_refresher_stores_hyperliquid_bars_with_sampled_open_interest(tmp_path):
 
 def test_demo_serves_hyperliquid_hype_with_open_interest_and_taker_share(tmp_path):
     store_path = tmp_path / "demo.sqlite3"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "heatsvc.cli", "serve", "--demo", "--listen", "127.0.0.1:0", "--quiet",
-         "--demo-history-days", "0.5", "--metrics-listen", "127.0.0.1:0", "--store", str(store_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        lines = []
-        while not any("hyperliquid positions poller on HYPE" in line for line in lines):
-            lines.append(proc.stdout.readline())
-            assert lines[-1], proc.stderr.read()
+    with running(store_path, "--demo-history-days", "0.5", "--metrics-listen", "127.0.0.1:0") as proc:
+        lines = read_until(proc, "hyperliquid positions poller on HYPE")
         assert any("(8 markets" in line for line in lines), lines
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -127,12 +117,6 @@ def test_demo_serves_hyperliquid_hype_with_open_interest_and_taker_share(tmp_pat
             if bars is not None and np.isfinite(bars["open_interest"]).sum() >= 5 \
                     and np.isfinite(bars["taker_buy_volume"]).sum() >= 2:
                 break
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert bars is not None and np.isfinite(bars["open_interest"]).sum() >= 5, "open interest from the sampler"
     assert np.isfinite(bars["taker_buy_volume"]).sum() >= 2, "taker share from the trades stream"
     share = bars["taker_buy_volume"] / bars["volume"]
