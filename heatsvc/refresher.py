@@ -402,7 +402,7 @@ class Refresher:
         An exchange that cannot answer now is asked again next time."""
         by_client: dict[int, tuple[ExchangeClient, list[_Market]]] = {}
         for m in self._markets.values():
-            if m.symbol.endswith("USDT"):            # the universe list_perpetuals covers
+            if m.client.lists(m.symbol):             # the universe list_perpetuals covers
                 by_client.setdefault(id(m.client), (m.client, []))[1].append(m)
         for client, markets in by_client.values():
             try:

@@ -121,3 +121,36 @@ def test_demo_serves_hyperliquid_hype_with_open_interest_and_taker_share(tmp_pat
     assert np.isfinite(bars["taker_buy_volume"]).sum() >= 2, "taker share from the trades stream"
     share = bars["taker_buy_volume"] / bars["volume"]
     assert np.nanmin(share) >= 0 and np.nanmax(share) <= 1
+
+
+def test_discovery_and_delisting_of_hyperliquid_coins(tmp_path):
+    from heatsvc.discovery import discover
+
+    hype = default_datasets(hyperliquid=True)["hyperliquid:HYPE"]
+    start = parse_time("2025-10-10T20:00Z", "t")
+
+    async def scenario(rx):
+        client = make_client("hyperliquid", rx.base_url("hyperliquid"), now_ms=rx.now_ms, timeout_s=5.0)
+        try:
+            cfg = parse({"exchanges": {"hyperliquid": {"symbols": ["*"], "top": 1,
+                                                       "base_url": rx.base_url("hyperliquid")}}}, env={})
+            found = await discover(cfg, {"hyperliquid": client})
+            store = Store(str(tmp_path / "s.sqlite3"))
+            r = Refresher(store, {"hyperliquid": client}, found.markets, interval_s=3600, history_days=0.2,
+                          now_ms=rx.now_ms, relist_s=None)
+            await r.start()
+            await r.wait_ready(timeout=60)
+            rx.delist("hyperliquid:HYPE")
+            await r.check_listings()
+            health = r.health()
+            await r.stop()
+            store.close()
+            return found.markets, health
+        finally:
+            await client.aclose()
+
+    with ReplayExchange(datasets={"hyperliquid:HYPE": hype, "hyperliquid:PURR": hype}, start_ms=start) as rx:
+        markets, health = asyncio.run(scenario(rx))
+    # top 1 of the two listed (equal volume: by name), never the delisted MATIC
+    assert markets == ["hyperliquid:HYPE"]
+    assert health["hyperliquid:HYPE"].status == "failing" and "delisted" in health["hyperliquid:HYPE"].last_error

@@ -379,6 +379,10 @@ class ExchangeClient:
         """Every USDT-margined linear perpetual trading now, with its 24 h quote volume (market discovery)."""
         raise NotImplementedError
 
+    def lists(self, symbol: str) -> bool:
+        """True when list_perpetuals covers `symbol`'s kind (so its absence there means delisted)."""
+        return symbol.endswith("USDT")
+
     # ----- building bars -------------------------------------------------------------------
     def bars(self, symbol: str, rows: Mapping[str, Sequence], start_ms: int, end_ms: int) -> dict[str, np.ndarray]:
         """Engine bars from parsed columns: keep times in [start_ms, end_ms) on the 5-minute grid,

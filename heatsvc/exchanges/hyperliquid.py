@@ -156,6 +156,9 @@ class HyperliquidClient(ExchangeClient):
         assets = await self.sample()
         return [Listing(coin, vol) for coin, (delisted, _, _, vol) in assets.items() if not delisted]
 
+    def lists(self, symbol: str) -> bool:
+        return True          # every perpetual is in metaAndAssetCtxs (delisted ones flagged)
+
     async def check_symbol(self, symbol: str) -> None:
         if self.universe_ms is None or self.now_ms() - self.universe_ms > 60_000:
             await self.sample()

@@ -107,7 +107,8 @@ class PositionPoller:
         while True:
             started = time.monotonic()
             await self.cycle()
-            await asyncio.sleep(max(0.0, self.cycle_s - (time.monotonic() - started)))
+            wait = self.cycle_s if self.accounts else min(1.0, self.cycle_s)   # none yet: look again soon
+            await asyncio.sleep(max(0.0, wait - (time.monotonic() - started)))
 
     async def cycle(self) -> int:
         """Read one schedule, spread over 90 % of cycle_s (no burst at the start of each minute);
