@@ -6,7 +6,8 @@ What heatsvc takes from public trades instead: the aggressor side per 5-minute b
 heatsvc.exchanges.hyperliquid_flow) and the two accounts of every trade (`users`: [buyer, seller]),
 which the positions poller reads. Subscribe with {"method": "subscribe", "subscription": {"type":
 "trades", "coin": C}}, acknowledged by channel "subscriptionResponse"; {"method": "ping"} is answered
-by {"channel": "pong"}; the server drops a connection that sends nothing for 60 s, so we ping every 30.
+by {"channel": "pong"}; the server drops a connection that sends nothing for a while (60 s, unverified;
+the SDK pings every 50 s), so we ping every 30.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Callable
 
 from ..hyperliquid_flow import TakerFlow, Trade
+from . import Recorder, wall_ms     # the package holds the liquidation dialects; this one is not among them
 
 EXCHANGE = "hyperliquid"
 URL = "wss://api.hyperliquid.xyz/ws"
@@ -53,7 +55,6 @@ class TradeFeed:
 
     def __init__(self, coins, flow: TakerFlow, *, url: str | None = None,
                  on_accounts: Callable[[set[str]], None] | None = None, now_ms=None, **recorder_options):
-        from . import Recorder, wall_ms     # the package imports its liquidation dialects, not this one
         self.flow, self.on_accounts = flow, on_accounts
         self.trades = 0
         self.recorder = Recorder(EXCHANGE, coins, self._on_trades, self._on_span, url=url,
