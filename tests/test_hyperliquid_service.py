@@ -8,8 +8,10 @@ import math
 import shutil
 import time
 
+import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from demo_process import read_until, running
 from fixture_server import FIXTURES
@@ -109,6 +111,7 @@ def test_demo_serves_hyperliquid_hype_with_open_interest_and_taker_share(tmp_pat
     with running(store_path, "--demo-history-days", "0.5", "--metrics-listen", "127.0.0.1:0") as proc:
         lines = read_until(proc, "hyperliquid positions poller on HYPE")
         assert any("(8 markets" in line for line in lines), lines
+        port = next(line for line in lines if "serving heatsvc.v1" in line).split(" on ")[1].split()[0]
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             time.sleep(3)
@@ -117,6 +120,11 @@ def test_demo_serves_hyperliquid_hype_with_open_interest_and_taker_share(tmp_pat
             if bars is not None and np.isfinite(bars["open_interest"]).sum() >= 5 \
                     and np.isfinite(bars["taker_buy_volume"]).sum() >= 2:
                 break
+        with grpc.insecure_channel(port) as channel:      # the feeds' state in health
+            check = health_pb2_grpc.HealthStub(channel).Check
+            states = {name: check(health_pb2.HealthCheckRequest(service=name)).status
+                      for name in ("trades:hyperliquid", "positions:hyperliquid", "hyperliquid:HYPE")}
+        assert set(states.values()) == {health_pb2.HealthCheckResponse.SERVING}, states
     assert bars is not None and np.isfinite(bars["open_interest"]).sum() >= 5, "open interest from the sampler"
     assert np.isfinite(bars["taker_buy_volume"]).sum() >= 2, "taker share from the trades stream"
     share = bars["taker_buy_volume"] / bars["volume"]

@@ -20,8 +20,9 @@ class HyperliquidFeeds:
 
     def __init__(self, client: HyperliquidClient, coins, *, ws_url: str | None = None, poller_share: float = 0.4,
                  addresses=(), sample_interval_s: float = 60.0, now_ms=None, recorder_options: dict | None = None,
-                 poller_options: dict | None = None):
+                 poller_options: dict | None = None, on_status=None, status_interval_s: float = 5.0):
         self.client, self.sample_interval_s = client, sample_interval_s
+        self.on_status, self.status_interval_s = on_status, status_interval_s   # async on_status(status())
         self.poller = PositionPoller(client, coins, share=poller_share, addresses=addresses, **(poller_options or {}))
         self.trades = TradeFeed(coins, client.flow, url=ws_url, on_accounts=self.poller.add_accounts,
                                 now_ms=now_ms, **(recorder_options or {}))
@@ -32,6 +33,8 @@ class HyperliquidFeeds:
         self._tasks = [asyncio.create_task(self._sample_forever(), name="hyperliquid sampler"),
                        asyncio.create_task(self.trades.run(), name="hyperliquid trades"),
                        asyncio.create_task(self.poller.run(), name="hyperliquid poller")]
+        if self.on_status is not None:
+            self._tasks.append(asyncio.create_task(self._report_forever(), name="hyperliquid status"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -49,6 +52,14 @@ class HyperliquidFeeds:
                 self.samples_failed += 1
                 log.warning("hyperliquid: open-interest sample missed: %s", exc)
             await asyncio.sleep(self.sample_interval_s)
+
+    async def _report_forever(self) -> None:
+        while True:
+            try:
+                await self.on_status(self.status())
+            except Exception:   # a listener's failure is not the feeds'
+                log.exception("hyperliquid status listener failed")
+            await asyncio.sleep(self.status_interval_s)
 
     def status(self) -> dict:
         """What the feeds are doing, for logs and reports."""

@@ -142,7 +142,8 @@ def start_recording(config, clients, service, now_ms=None):
 
 def start_hyperliquid(config, client, service, *, now_ms=None, speed: float | None = None):
     """Hyperliquid's sampler, trades stream and positions poller (heatsvc.exchanges.hyperliquid_feeds).
-    The poller is `service.pollers["hyperliquid"]`: `.snapshot("HYPE")` is the measured positions."""
+    The poller is `service.pollers["hyperliquid"]`: `.snapshot("HYPE")` is the measured positions; health
+    shows `trades:hyperliquid` and `positions:hyperliquid`."""
     from ..exchanges.hyperliquid_feeds import HyperliquidFeeds
     from ..exchanges.hyperliquid_positions import load_addresses
     from ..model.bars import STEP_MS
@@ -156,9 +157,15 @@ def start_hyperliquid(config, client, service, *, now_ms=None, speed: float | No
         files = sorted(f for pattern in ex.asset_ctxs_files for f in glob.glob(pattern))
         rows = import_asset_ctxs(client.samples, files, set(ex.symbols))
         print(f"heatsvc: hyperliquid open interest: {rows} archive rows from {len(files)} file(s)", flush=True)
+    from .server import NOT_SERVING, SERVING
+
+    async def health(status):   # trades:hyperliquid SERVING while the stream is live, positions:... once read
+        await service.health.set("trades:hyperliquid", SERVING if status["trades_state"] == "live" else NOT_SERVING)
+        await service.health.set("positions:hyperliquid", SERVING if status["reads"] > 0 else NOT_SERVING)
+
     interval = 60.0 if speed is None else min(60.0, STEP_MS / 1000 / speed)   # the demo: one sample a bar
     feeds = HyperliquidFeeds(client, ex.symbols, ws_url=ex.ws_url, poller_share=ex.poller_share,
-                             addresses=addresses, sample_interval_s=interval,
+                             addresses=addresses, sample_interval_s=interval, on_status=health,
                              **({"now_ms": now_ms} if now_ms is not None else {}))
     feeds.start()
     service.pollers = {"hyperliquid": feeds.poller}
