@@ -36,8 +36,9 @@ MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, Overfl
 
 @dataclass(frozen=True)
 class Listing:
-    """A USDT-margined linear perpetual the exchange lists as trading, with its 24 h quote volume (USDT)."""
-    symbol: str            # written the Binance way: BTCUSDT
+    """A linear perpetual the exchange lists as trading, with its 24 h quote volume: USDT-margined, or
+    on Hyperliquid USDC-margined and named by its coin."""
+    symbol: str            # written the Binance way: BTCUSDT (Hyperliquid: the coin, HYPE)
     quote_volume: float
 
 
@@ -134,7 +135,7 @@ def failure_kind(exc: BaseException) -> str:
 
 
 class ExchangeClient:
-    """Base of the Binance, Bybit and OKX clients: transport, retries, pacing, validation."""
+    """Base of the Binance, Bybit, OKX and Hyperliquid clients: transport, retries, pacing, validation."""
 
     name = "exchange"
     default_base_url = ""
