@@ -250,3 +250,26 @@ def test_trades_stream_feeds_taker_share_and_accounts_from_the_replay():
     assert covered.sum() >= 2
     want = (s.tb / s.v)[np.searchsorted(s.t, t)]
     assert np.all(np.abs(share[covered] - want[covered]) < 0.35), (share, want)
+
+
+def test_trades_stream_reconnects_after_drops_and_silence_covers_nothing():
+    from heatsvc.replay.streams import StreamFaults
+
+    async def scenario(faults):
+        with hl_replay(start_ms=CRASH_MS) as rx, StreamServer(rx, faults=faults) as streams:
+            flow = TakerFlow()
+            feed = TradeFeed({"HYPE"}, flow, url=streams.url("hyperliquid"), now_ms=rx.now_ms,
+                             ping_interval_s=0.1, silence_s=0.5, backoff_s=0.05, max_backoff_s=0.1)
+            task = asyncio.create_task(feed.run())
+            for _ in range(12):
+                rx.step(STEP_MS // 4)
+                await asyncio.sleep(0.1)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return feed, flow
+
+    dropped, flow = run(scenario(StreamFaults(drop_after_s=0.3)))
+    assert dropped.recorder.connections >= 3 and dropped.trades > 0 and flow.spans, "reconnected, heard, covered"
+    silent, flow = run(scenario(StreamFaults(silent=True)))
+    assert silent.trades == 0 and flow.spans == [], "an open but silent connection is no coverage"
+    assert silent.recorder.connections >= 2 and "no sign of life" in silent.recorder.last_error
