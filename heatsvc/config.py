@@ -34,6 +34,15 @@ Example (every key optional):
     archive_url = "https://data.binance.vision"
     ws_url = "wss://fstream.binance.com/market/stream?streams=!forceOrder@arr/btcusdt@markPrice@1s"
 
+    [exchanges.hyperliquid]     # not served unless listed; markets are coins: hyperliquid:HYPE
+    symbols = ["HYPE", "BTC"]                 # coin names (or patterns, ranked by 24 h notional volume)
+    base_url = "https://api.hyperliquid.xyz"
+    ws_url = "wss://api.hyperliquid.xyz/ws"   # public trades: taker share and accounts to poll
+    weight_share = 0.8          # share of the 1,200 weight a minute per IP heatsvc may spend in all
+    poller_share = 0.4          # of it, the positions poller's (clearinghouseState, weight 2: 240 reads a minute)
+    addresses_file = "/etc/heatsvc/hl-accounts"   # accounts to poll besides those the trades reveal
+    asset_ctxs_files = ["/data/hl/asset_ctxs/*.csv.lz4"]   # S3 archive files: open interest before our sampling
+
     [liquidations]              # record realised liquidations from the exchanges' WebSocket streams
     enabled = false             # default off: it opens one connection per exchange (the demo turns it on)
     retention_days = 30         # events and coverage older than this are pruned
@@ -80,13 +89,17 @@ from pathlib import Path
 from .model.engine import BACKENDS, DEFAULT_TIERS, LOOKBACKS, MAX_COLUMNS, MAX_ROWS, ModelParams, Tier
 from .model.events import KINDS, NEAR_PCT
 
-EXCHANGES = ("binance", "bybit", "okx")
+EXCHANGES = ("binance", "bybit", "okx", "hyperliquid")
+DEFAULT_EXCHANGES = ("binance", "bybit", "okx")     # served when the file names none
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+DEFAULT_COINS = ("BTC", "ETH")                      # Hyperliquid names markets by coin
+HYPERLIQUID_KEYS = ("weight_share", "poller_share", "addresses_file", "asset_ctxs_files")
 LIVE_URLS = {
     "binance": {"base_url": "https://fapi.binance.com", "archive_url": "https://data.binance.vision",
                 "ws_url": "wss://fstream.binance.com/market/stream?streams=!forceOrder@arr/btcusdt@markPrice@1s"},
     "bybit": {"base_url": "https://api.bybit.com", "ws_url": "wss://stream.bybit.com/v5/public/linear"},
     "okx": {"base_url": "https://www.okx.com", "ws_url": "wss://ws.okx.com:8443/ws/v5/public"},
+    "hyperliquid": {"base_url": "https://api.hyperliquid.xyz", "ws_url": "wss://api.hyperliquid.xyz/ws"},
 }
 MAX_CELLS = 2_000_000
 
@@ -99,7 +112,11 @@ class ExchangeConfig:
     base_url: str | None = None
     archive_url: str | None = None
     top: int | None = None         # with patterns: keep the N largest by 24 h quote volume
-    ws_url: str | None = None      # its liquidation stream (heatsvc.exchanges.streams)
+    ws_url: str | None = None      # its liquidation stream (heatsvc.exchanges.streams); Hyperliquid: trades
+    weight_share: float = 0.8      # Hyperliquid only: share of the per-IP weight budget (1,200 a minute)
+    poller_share: float = 0.4      # Hyperliquid only: the positions poller's share of that budget
+    addresses_file: str | None = None   # Hyperliquid only: accounts to poll, one address a line
+    asset_ctxs_files: tuple[str, ...] = ()   # Hyperliquid only: glob patterns of S3 archive asset_ctxs files
 
 
 @dataclass(frozen=True)
@@ -153,7 +170,7 @@ class Config:
     history_days: float = 365.0
     lookbacks: tuple[str, ...] = tuple(LOOKBACKS)
     exchanges: tuple[ExchangeConfig, ...] = field(default_factory=lambda: tuple(
-        ExchangeConfig(name, DEFAULT_SYMBOLS, **LIVE_URLS[name]) for name in EXCHANGES))
+        ExchangeConfig(name, DEFAULT_SYMBOLS, **LIVE_URLS[name]) for name in DEFAULT_EXCHANGES))
     limits: Limits = field(default_factory=Limits)
     params: ModelParams = field(default_factory=ModelParams)
     webhooks: tuple[WebhookConfig, ...] = ()
@@ -229,6 +246,22 @@ def _liquidations(data: dict) -> LiquidationsConfig:
                                lambda v: 0 < v <= 60, "must be in (0, 60] seconds"),
         flush_events=_take(table, "liquidations", "flush_events", int, d.flush_events,
                            lambda v: 1 <= v <= 100_000, "must be in [1, 100000]"))
+
+
+def _hyperliquid(table: dict, where: str) -> dict:
+    """[exchanges.hyperliquid]'s own keys: weight shares (the poller's within the whole) and the address file."""
+    share = lambda v: 0 < v <= 1  # noqa: E731
+    d = ExchangeConfig("hyperliquid", ())
+    out = {"weight_share": _take(table, where, "weight_share", float, d.weight_share, share, "must be in (0, 1]"),
+           "poller_share": _take(table, where, "poller_share", float, d.poller_share, share, "must be in (0, 1]"),
+           "addresses_file": _take(table, where, "addresses_file", str, None),
+           "asset_ctxs_files": tuple(_take(table, where, "asset_ctxs_files", list, [],
+                                           lambda v: all(isinstance(x, str) and x for x in v),
+                                           "list file paths or glob patterns"))}
+    if out["poller_share"] > out["weight_share"]:
+        raise ValueError(f"config: {where}.poller_share = {out['poller_share']} is invalid: it is a part of "
+                         f"weight_share = {out['weight_share']} and cannot exceed it")
+    return out
 
 
 def _tiers(model: dict) -> tuple[Tier, ...]:
@@ -328,15 +361,16 @@ def parse(data: dict, env: dict[str, str] | None = None) -> Config:
     except ValueError as exc:
         raise ValueError(f"config: model: {exc}") from None
     exchanges = []
-    tables = _section(data, "exchanges") if "exchanges" in data else {n: {} for n in EXCHANGES}
+    tables = _section(data, "exchanges") if "exchanges" in data else {n: {} for n in DEFAULT_EXCHANGES}
     for name, table in tables.items():
         if name not in EXCHANGES:
             raise ValueError(f"config: unknown exchange [exchanges.{name}]; use {', '.join(EXCHANGES)}")
         if not isinstance(table, dict):
             raise ValueError(f"config: [exchanges.{name}] must be a table")
         where = f"exchanges.{name}"
-        _unknown(table, where, ("symbols", "base_url", "archive_url", "ws_url", "top"))
-        symbols = _take(table, where, "symbols", list, list(DEFAULT_SYMBOLS),
+        _unknown(table, where, ("symbols", "base_url", "archive_url", "ws_url", "top",
+                                *(HYPERLIQUID_KEYS if name == "hyperliquid" else ())))
+        symbols = _take(table, where, "symbols", list, list(DEFAULT_COINS if name == "hyperliquid" else DEFAULT_SYMBOLS),
                         lambda v: all(isinstance(s, str) and s and all(c.isalnum() or c in "*?[]" for c in s)
                                       for s in v),
                         "symbols are alphanumeric names or patterns with * ? [ ]")
@@ -345,7 +379,10 @@ def parse(data: dict, env: dict[str, str] | None = None) -> Config:
         for key in ("base_url", "archive_url", "ws_url"):
             urls[key] = _take(table, where, key, str, urls.get(key))
             urls[key] = env.get(f"HEATSVC_{name.upper()}_{key.upper()}", urls[key])
-        exchanges.append(ExchangeConfig(name, tuple(s.upper() for s in symbols), top=top, **urls))
+        extra = _hyperliquid(table, where) if name == "hyperliquid" else {}
+        # Hyperliquid coin names keep their case (kPEPE); the others' symbols are upper case
+        names = tuple(symbols) if name == "hyperliquid" else tuple(s.upper() for s in symbols)
+        exchanges.append(ExchangeConfig(name, names, top=top, **urls, **extra))
     if not any(ex.symbols for ex in exchanges):
         raise ValueError("config: no market configured; list symbols under [exchanges.NAME]")
     backend = _take(server, "server", "backend", str, "cython", lambda v: v in BACKENDS,

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from . import metrics
-from .exchanges.streams import Recorder, wall_ms
+from .exchanges.streams import DIALECTS, Recorder, wall_ms
 from .liquidation_store import LiquidationStore
 from .model.realised import Liquidation
 
@@ -65,7 +65,7 @@ class Recording:
         self.revision = 0             # bumped by every flush that wrote events or coverage
         self.on_status = on_status   # e.g. the service's health: liquidations:EXCHANGE SERVING only when live
         for ex in exchanges:
-            if not ex.symbols:
+            if not ex.symbols or ex.name not in DIALECTS:   # Hyperliquid publishes no liquidation stream
                 continue
             self._heard[ex.name] = {}
             self._open_spans[ex.name] = {}

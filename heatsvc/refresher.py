@@ -267,8 +267,8 @@ class Refresher:
         metrics.REFRESHES.labels(m.name, "ok").inc()
         m.ready.set()
         self._count_down(m)
-        while True:
-            await asyncio.sleep(self.interval_s)
+        while True:   # a client may ask for a slower cadence (Hyperliquid: its weight budget)
+            await asyncio.sleep(max(self.interval_s, m.client.min_refresh_s))
             await self.refresh(m.name)
             if m.failures:
                 await self._pause(m, extra_only=True)
@@ -427,7 +427,7 @@ class Refresher:
 
         by_client: dict[str, list[_Market]] = {name: [] for name in self.selectors if name in self.clients}
         for m in self._markets.values():
-            if m.symbol.endswith("USDT"):            # the universe list_perpetuals covers
+            if m.client.lists(m.symbol):             # the universe list_perpetuals covers
                 by_client.setdefault(m.client.name, []).append(m)
         for name, markets in by_client.items():
             client = self.clients[name]

@@ -1,6 +1,7 @@
 """A loopback HTTP server that answers with recorded exchange bodies (tests/fixtures/), so the real
 exchange clients can be tested on what the exchanges really send: each path answers a queue of
-replies in order (the last one repeats), and every request is logged with its arrival time."""
+replies in order (the last one repeats), and every request is logged with its arrival time. A POST
+with a JSON body {"type": T} (Hyperliquid's /info) answers the route "PATH#T" when there is one."""
 from __future__ import annotations
 
 import threading
@@ -8,6 +9,9 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import pytest
+import json
 from urllib.parse import parse_qs, urlsplit
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -33,6 +37,7 @@ class Seen:
     path: str
     params: dict[str, str]
     at: float        # time.monotonic() on arrival
+    body: object = None   # a POST's decoded JSON body
 
 
 class FixtureServer:
@@ -47,12 +52,15 @@ class FixtureServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self, body=None):  # noqa: N802
                 parts = urlsplit(self.path)
+                key = parts.path
+                if isinstance(body, dict) and f"{key}#{body.get('type')}" in outer.routes:
+                    key = f"{key}#{body.get('type')}"
                 with outer.lock:
-                    outer.seen.append(Seen(parts.path, {k: v[-1] for k, v in parse_qs(parts.query).items()},
-                                           time.monotonic()))
-                    queue = outer.routes.get(parts.path)
+                    outer.seen.append(Seen(key, {k: v[-1] for k, v in parse_qs(parts.query).items()},
+                                           time.monotonic(), body))
+                    queue = outer.routes.get(key)
                     answer = (queue.pop(0) if len(queue) > 1 else queue[0]) if queue else \
                         Answer(404, b"not found", content_type="text/plain")
                 self.send_response(answer.status)
@@ -62,6 +70,14 @@ class FixtureServer:
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(answer.body)
+
+            def do_POST(self):  # noqa: N802
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = raw
+                self.do_GET(body)
 
             def log_message(self, *args):
                 pass
@@ -91,3 +107,23 @@ class FixtureServer:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+FAST = dict(timeout_s=2.0, backoff_s=0.01, backoff_cap_s=0.05, max_retries=3, seed=1)
+
+
+async def with_client(exchange: str, url: str, work, **kw):
+    """`work(client)` with a fast-retrying client of `exchange` at `url`, closed after."""
+    from heatsvc.exchanges import make_client
+    c = make_client(exchange, url, **{**FAST, **kw})
+    try:
+        return await work(c)
+    finally:
+        await c.aclose()
+
+
+@pytest.fixture()
+def server():
+    """A FixtureServer for one test (import it into the test module to use it)."""
+    with FixtureServer() as s:
+        yield s

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from fixture_server import Answer, FixtureServer, fixture
+from fixture_server import FAST, Answer, fixture, server, with_client  # noqa: F401 (server: a fixture)
 from heatsvc.exchanges import ExchangeError, ExchangeUnavailable, make_client
 from heatsvc.exchanges.binance import ARCHIVE_PATH, BAN_UNTIL
 from heatsvc.exchanges.bybit import one_side, page
@@ -21,7 +21,6 @@ from heatsvc.refresher import OI_CONVENTION, Refresher
 from heatsvc.store import Store
 from prometheus_client import REGISTRY
 
-FAST = dict(timeout_s=2.0, backoff_s=0.01, backoff_cap_s=0.05, max_retries=3, seed=1)
 KLINES = "/fapi/v1/klines"
 
 
@@ -35,20 +34,6 @@ def ms(text: str) -> int:
 
 def counted(exchange: str, kind: str) -> float:
     return REGISTRY.get_sample_value("heatsvc_fetch_errors_total", {"exchange": exchange, "kind": kind}) or 0.0
-
-
-async def with_client(exchange: str, url: str, work, **kw):
-    c = make_client(exchange, url, **{**FAST, **kw})
-    try:
-        return await work(c)
-    finally:
-        await c.aclose()
-
-
-@pytest.fixture()
-def server():
-    with FixtureServer() as s:
-        yield s
 
 
 # ---- Bybit: one side of the open interest ----------------------------------------------------

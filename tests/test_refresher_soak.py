@@ -171,36 +171,19 @@ def test_demo_clients_run_on_the_replay_clock(tmp_path):
     # `heatsvc serve --demo` across a UTC midnight: Binance open interest of the recent bars comes from
     # the API window (the last 30 days of the replay clock), not from a cached, half-written daily
     # archive as when the clients read the wall clock.
-    import os
-    import signal
-    import subprocess
-    import sys
+    from demo_process import read_until, running
 
     store_path = tmp_path / "demo.sqlite3"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "heatsvc.cli", "serve", "--demo", "--listen", "127.0.0.1:0", "--quiet",
-         "--demo-history-days", "0.5", "--demo-start", "2025-10-10T23:50:00Z", "--demo-speed", "150",
-         "--metrics-listen", "127.0.0.1:0", "--store", str(store_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     market = "binance:BTCUSDT"
     midnight = 1_760_140_800_000                                   # 2025-10-11T00:00Z
-    try:
-        for _ in range(200):                                       # bounded: until it serves
-            line = proc.stdout.readline()
-            assert line, proc.stderr.read()
-            if "serving heatsvc.v1 on" in line:
-                break
+    with running(store_path, "--demo-history-days", "0.5", "--demo-start", "2025-10-10T23:50:00Z",
+                 "--demo-speed", "150", "--metrics-listen", "127.0.0.1:0") as proc:
+        read_until(proc, "serving heatsvc.v1 on")
         for _ in range(300):                                       # bounded: 300 x 0.1 s
             with Store(store_path) as store:
                 if (store.last_time(market) or 0) >= midnight + 4 * STEP_MS:
                     break
             time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     with Store(store_path) as store:
         got = store.load(market, midnight - 3 * STEP_MS, midnight + 3 * STEP_MS)
     ref = synthetic_bars("BTCUSDT", "binance")

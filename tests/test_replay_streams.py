@@ -104,26 +104,16 @@ def test_dropped_connections_malformed_frames_and_silence_reach_the_recorders(tm
 
 
 def test_the_demo_records_realised_liquidations_from_the_replay_streams(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
     import time
 
     import httpx
     import grpc
+    from demo_process import read_until, running
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "heatsvc.cli", "serve", "--demo", "--listen", "127.0.0.1:0", "--quiet",
-         "--demo-history-days", "0.5", "--demo-start", "2025-10-10T21:00:00Z", "--demo-speed", "300",
-         "--metrics-listen", "127.0.0.1:0", "--store", str(tmp_path / "demo.sqlite3")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        lines = []
-        while not any("Prometheus metrics at" in line for line in lines):
-            lines.append(proc.stdout.readline())
-            assert lines[-1], proc.stderr.read()
+    with running(tmp_path / "demo.sqlite3", "--demo-history-days", "0.5", "--demo-start", "2025-10-10T21:00:00Z",
+                 "--demo-speed", "300", "--metrics-listen", "127.0.0.1:0") as proc:
+        lines = read_until(proc, "Prometheus metrics at")
         url = next(line for line in lines if "Prometheus metrics at" in line).split()[-1]
         port = next(line for line in lines if "serving heatsvc.v1" in line).split(" on ")[1].split()[0]
         line = proc.stdout.readline()
@@ -138,12 +128,6 @@ def test_the_demo_records_realised_liquidations_from_the_replay_streams(tmp_path
             check = health_pb2_grpc.HealthStub(channel).Check
             while check(health_pb2.HealthCheckRequest(service="liquidations:binance")).status != 1:
                 time.sleep(0.1)   # SERVING once live
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     store = LiquidationStore(tmp_path / "demo.sqlite3")
     got = store.load("binance:HYPEUSDT", 0, 2**62)
     assert len(got["time_ms"]) > 0 and len(store.spans("binance", 0, 2**62)) >= 1

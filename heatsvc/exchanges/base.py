@@ -36,8 +36,9 @@ MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, Overfl
 
 @dataclass(frozen=True)
 class Listing:
-    """A USDT-margined linear perpetual the exchange lists as trading, with its 24 h quote volume (USDT)."""
-    symbol: str            # written the Binance way: BTCUSDT
+    """A linear perpetual the exchange lists as trading, with its 24 h quote volume: USDT-margined, or
+    on Hyperliquid USDC-margined and named by its coin."""
+    symbol: str            # written the Binance way: BTCUSDT (Hyperliquid: the coin, HYPE)
     quote_volume: float
 
 
@@ -134,13 +135,14 @@ def failure_kind(exc: BaseException) -> str:
 
 
 class ExchangeClient:
-    """Base of the Binance, Bybit and OKX clients: transport, retries, pacing, validation."""
+    """Base of the Binance, Bybit, OKX and Hyperliquid clients: transport, retries, pacing, validation."""
 
     name = "exchange"
     default_base_url = ""
     BAN_FLOOR_S = 0.0      # the shortest ban the exchange documents (Bybit: 10 minutes)
     OI_CONVENTION = 1      # raised when the meaning of the open interest the client returns changes;
     LEGACY_OI_FACTOR = 1.0  # stored values of older conventions are multiplied by this, once
+    min_refresh_s = 0.0     # the refresher refreshes this client's markets no more often than this
 
     def __init__(self, base_url: str | None = None, *, timeout_s: float = 10.0, max_retries: int = 6,
                  backoff_s: float = 0.5, backoff_cap_s: float = 30.0, max_wait_s: float = 60.0,
@@ -222,8 +224,8 @@ class ExchangeClient:
 
     async def request(self, path: str, params: Mapping | None = None, *, weight: int = 1,
                       url: str | None = None, raw: bool = False, max_bytes: int | None = None,
-                      parse: Callable | None = None):
-        """GET base_url + path, retrying what is worth retrying; returns the decoded payload
+                      parse: Callable | None = None, json_body=None):
+        """GET base_url + path (POST `json_body` when given), retrying what is worth retrying; returns the decoded payload
         (or the body bytes when raw), or what `parse` makes of it: a payload that `parse` finds of
         the wrong shape is a malformed answer, retried. Bodies beyond max_bytes (default
         max_body_bytes) are refused unread. Raises ExchangeError (permanent) or ExchangeUnavailable."""
@@ -236,7 +238,8 @@ class ExchangeClient:
             wait = None
             try:
                 try:
-                    response, body = await self.fetch(path, target, params, max_bytes or self.max_body_bytes)
+                    response, body = await self.fetch(path, target, params, max_bytes or self.max_body_bytes,
+                                                      json_body)
                 finally:
                     if window is not None:
                         window.release()
@@ -285,12 +288,14 @@ class ExchangeClient:
         """A Retry for an error answer the exchange documents as transient (a throttle), else None."""
         return None
 
-    async def fetch(self, path: str, target: str, params: Mapping | None, limit: int) -> tuple[httpx.Response, bytes]:
-        """One GET: the response and its body, streamed and abandoned as soon as it exceeds `limit`
-        bytes, or when the whole answer takes longer than attempt_s (a server dripping bytes)."""
+    async def fetch(self, path: str, target: str, params: Mapping | None, limit: int,
+                    json_body=None) -> tuple[httpx.Response, bytes]:
+        """One GET (a POST of `json_body` when given): the response and its body, streamed and abandoned
+        as soon as it exceeds `limit` bytes, or when the whole answer takes longer than attempt_s."""
+        method = "GET" if json_body is None else "POST"
         try:
             async with asyncio.timeout(self.attempt_s):
-                async with self.http.stream("GET", target, params=params) as response:
+                async with self.http.stream(method, target, params=params, json=json_body) as response:
                     declared = response.headers.get("Content-Length", "")
                     chunks, size = [], 0
                     if declared.isdigit() and int(declared) > limit:
@@ -374,6 +379,10 @@ class ExchangeClient:
     async def list_perpetuals(self) -> list[Listing]:
         """Every USDT-margined linear perpetual trading now, with its 24 h quote volume (market discovery)."""
         raise NotImplementedError
+
+    def lists(self, symbol: str) -> bool:
+        """True when list_perpetuals covers `symbol`'s kind (so its absence there means delisted)."""
+        return symbol.endswith("USDT")
 
     # ----- building bars -------------------------------------------------------------------
     def bars(self, symbol: str, rows: Mapping[str, Sequence], start_ms: int, end_ms: int) -> dict[str, np.ndarray]:

@@ -5,7 +5,7 @@ import argparse
 import time
 
 from ..model.bars import format_time, parse_time
-from .scenario import EXCHANGES, Faults, Limits
+from .scenario import EXCHANGES, Faults, Limits, default_datasets
 from .server import ReplayExchange
 
 
@@ -42,15 +42,15 @@ def run(command: str, args: argparse.Namespace) -> int:
     if args.binance_weight < 1:
         raise ValueError(f"--binance-weight: must be at least 1, got {args.binance_weight}")
     start = parse_time(args.start, "--start") if args.start else None
-    replay = ReplayExchange(start_ms=start, speed=args.speed, faults=faults, host=args.host, port=args.port,
+    replay = ReplayExchange(datasets=default_datasets(hyperliquid=True), start_ms=start, speed=args.speed, faults=faults, host=args.host, port=args.port,
                             limits=Limits(binance_weight=args.binance_weight), archive_quirks=args.archive_quirks)
     replay.start()
     try:
         print(f"replay exchange at {replay.url}, clock {format_time(replay.now_ms())} x{args.speed:g}")
         for exchange in EXCHANGES:
-            print(f"  {exchange:8s} {replay.base_url(exchange)}")
-        print(f"  archive  {replay.archive_url()}")
-        print(f"  markets  {', '.join(replay.markets())}")
+            print(f"  {exchange:11s} {replay.base_url(exchange)}")
+        print(f"  archive     {replay.archive_url()}")
+        print(f"  markets     {', '.join(replay.markets())}")
         print("Ctrl-C stops.", flush=True)
         while True:
             time.sleep(3600)

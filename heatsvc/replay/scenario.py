@@ -25,7 +25,8 @@ from ..model.bars import STEP_MS, normalize
 DAY_MS = 86_400_000
 DATA_END_MS = 1_760_572_800_000        # 2025-10-16T00:00Z, where the bundled data ends
 DEFAULT_START_MS = 1_760_054_400_000   # 2025-10-10T00:00Z: the HYPE crash is still ahead
-EXCHANGES = ("binance", "bybit", "okx")
+EXCHANGES = ("binance", "bybit", "okx", "hyperliquid")
+SYNTHETIC_EXCHANGES = ("binance", "bybit", "okx")
 ARCHIVE = "binance-archive"
 SYNTHETIC_SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
@@ -97,6 +98,9 @@ class Limits:
     })
     okx_recent_entries: int = 1440             # /market/candles and rubik stats: latest N entries only
     bybit_ban_s: float = 600.0                 # "403, access too frequent": at least 10 minutes
+    hyperliquid_weight: int = 1200             # weight per hyperliquid_window_s per IP -> 429 `null`
+    hyperliquid_window_s: float = 60.0
+    hyperliquid_candles: int = 5000            # candleSnapshot: only the latest N candles exist
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,13 +198,16 @@ class Series:
                 "price_1h": float(self.o[max(0, n - 12)])}
 
 
-def default_datasets() -> dict[str, Callable[[], Mapping[str, np.ndarray]]]:
+def default_datasets(*, hyperliquid: bool = False) -> dict[str, Callable[[], Mapping[str, np.ndarray]]]:
     """The bundled markets, generated on first use: recorded binance:HYPEUSDT and synthetic
-    BTCUSDT/ETHUSDT (365 days to 2025-10-16) on every exchange."""
+    BTCUSDT/ETHUSDT (365 days to 2025-10-16) on Binance, Bybit and OKX; with `hyperliquid`, also
+    hyperliquid:HYPE, which replays the same recorded HYPEUSDT bars (Binance's, not Hyperliquid's)."""
     out: dict[str, Callable[[], Mapping[str, np.ndarray]]] = {"binance:HYPEUSDT": datasets.recorded_bars}
     for symbol in SYNTHETIC_SYMBOLS:
-        for exchange in EXCHANGES:
+        for exchange in SYNTHETIC_EXCHANGES:
             out[f"{exchange}:{symbol}"] = (lambda s=symbol, e=exchange: datasets.synthetic_bars(s, e))
+    if hyperliquid:
+        out["hyperliquid:HYPE"] = datasets.recorded_bars
     return out
 
 

@@ -1,5 +1,6 @@
-"""The replay exchange's server core: a loopback HTTP server that hands each GET to the dialect named
-by its first path segment (/binance, /binance-archive, /bybit, /okx), injects the scenario's faults,
+"""The replay exchange's server core: a loopback HTTP server that hands each GET (and Hyperliquid's POST)
+to the dialect named by its first path segment (/binance, /binance-archive, /bybit, /okx, /hyperliquid),
+injects the scenario's faults,
 counts requests, and owns the clock, the markets and the shared rate-limit state."""
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 from .archive import ARCHIVE_PREFIX, ArchiveDialect
 from .binance import BinanceDialect
 from .bybit import BybitDialect
+from .hyperliquid import HyperliquidDialect
 from .okx import OkxDialect
 from .scenario import ARCHIVE, DEFAULT_START_MS, EXCHANGES, Clock, Faults, Limits, Series, default_datasets
 from .wire import BadRequest, Dialect, Reply, Request, Window
@@ -30,12 +32,15 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
         self.server.replay._serve(self)  # type: ignore[attr-defined]
 
+    def do_POST(self) -> None:  # noqa: N802
+        self.server.replay._serve(self)  # type: ignore[attr-defined]
+
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - keep test output quiet
         pass
 
 
 class ReplayExchange:
-    """Loopback HTTP server speaking the Binance, Binance archive, Bybit and OKX dialects."""
+    """Loopback HTTP server speaking the Binance, Binance archive, Bybit, OKX and Hyperliquid dialects."""
 
     def __init__(self, *, datasets: Mapping[str, Mapping[str, np.ndarray] | Callable[[], Mapping]] | None = None,
                  start_ms: int | None = None, speed: float | None = None, faults: Faults | None = None,
@@ -64,7 +69,7 @@ class ReplayExchange:
         self.delisted: set[str] = set()         # markets the scenario has delisted (see delist)
         self.strikes = Window()                 # Binance 429s per window (too many: a 418 ban)
         self.dialects: dict[str, Dialect] = {d.name: d(self) for d in (BinanceDialect, ArchiveDialect, BybitDialect,
-                                                                         OkxDialect)}
+                                                                         OkxDialect, HyperliquidDialect)}
         self._counts: dict[tuple[str, str], int] = {}
         self._limited: dict[tuple[str, str], int] = {}
         self._stop = threading.Event()
@@ -190,7 +195,9 @@ class ReplayExchange:
     def _serve(self, http: Handler) -> None:
         parts = urlsplit(http.path)
         prefix, _, rest = parts.path.lstrip("/").partition("/")
-        request = Request("/" + rest, parts.query)
+        length = http.headers.get("Content-Length", "0")
+        body = http.rfile.read(min(int(length), 1 << 20)) if http.command == "POST" and length.isdigit() else b""
+        request = Request("/" + rest, parts.query, body)
         dialect = self.dialects.get(prefix)
         count_path = request.path
         if prefix == ARCHIVE and request.path.startswith(ARCHIVE_PREFIX):
@@ -200,7 +207,7 @@ class ReplayExchange:
             self._counts[key] = self._counts.get(key, 0) + 1
         if dialect is None:
             self._send(http, Reply(404, {"error": f"unknown exchange prefix /{prefix}; expected "
-                                                  f"/binance, /bybit, /okx or /{ARCHIVE}"}))
+                                                  f"/binance, /bybit, /okx, /hyperliquid or /{ARCHIVE}"}))
             return
         faults = self.faults
         applies = faults.exchanges is None or prefix in faults.exchanges

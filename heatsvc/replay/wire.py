@@ -40,11 +40,13 @@ class BadRequest(Exception):
 
 
 class Request:
-    """A parsed GET: path below the exchange prefix and single-valued query parameters."""
+    """A parsed request: path below the exchange prefix, single-valued query parameters, and the
+    body of a POST (Hyperliquid's /info takes JSON)."""
 
-    def __init__(self, path: str, query: str):
+    def __init__(self, path: str, query: str, body: bytes = b""):
         self.path = path
         self.params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        self.body = body
 
     def get(self, name: str) -> str | None:
         value = self.params.get(name)

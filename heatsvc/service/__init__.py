@@ -23,6 +23,7 @@ DEMO_LOOKBACKS = ("12h", "1d", "3d", "7d")
 DEMO_HISTORY_DAYS = 7.5      # enough for the 7d lookback (and the open interest before it)
 DEMO_REFRESH_S = 1.0
 DEMO_METRICS = "127.0.0.1:9464"   # the demo's Prometheus endpoint, skipped if the port is taken
+DEMO_HL_POLLER_SHARE = 0.1   # at x100 the demo's Hyperliquid candles and samples need most of the budget
 
 
 def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
@@ -77,7 +78,8 @@ def demo_config(config, replay, args, streams=None):
         exchange, _, symbol = market.partition(":")
         by_exchange.setdefault(exchange, []).append(symbol)
     exchanges = tuple(ExchangeConfig(ex, tuple(symbols), replay.base_url(ex),
-                                     replay.archive_url() if ex == "binance" else None)
+                                     replay.archive_url() if ex == "binance" else None,
+                                     poller_share=DEMO_HL_POLLER_SHARE)
                       for ex, symbols in by_exchange.items())
     if streams is not None:
         exchanges = tuple(replace(ex, ws_url=streams.url(ex.name)) for ex in exchanges)
@@ -138,6 +140,40 @@ def start_recording(config, clients, service, now_ms=None):
     return recording
 
 
+def start_hyperliquid(config, client, service, *, now_ms=None, speed: float | None = None):
+    """Hyperliquid's sampler, trades stream and positions poller (heatsvc.exchanges.hyperliquid_feeds).
+    The poller is `service.pollers["hyperliquid"]`: `.snapshot("HYPE")` is the measured positions; health
+    shows `trades:hyperliquid` and `positions:hyperliquid`."""
+    from ..exchanges.hyperliquid_feeds import HyperliquidFeeds
+    from ..exchanges.hyperliquid_positions import load_addresses
+    from ..model.bars import STEP_MS
+
+    ex = next(e for e in config.exchanges if e.name == "hyperliquid")
+    addresses = load_addresses(ex.addresses_file) if ex.addresses_file else ()
+    if ex.asset_ctxs_files:      # the S3 archive's open interest, for bars before our own sampling
+        import glob
+
+        from ..exchanges.hyperliquid_archive import import_asset_ctxs
+        files = sorted(f for pattern in ex.asset_ctxs_files for f in glob.glob(pattern))
+        rows = import_asset_ctxs(client.samples, files, set(ex.symbols))
+        print(f"heatsvc: hyperliquid open interest: {rows} archive rows from {len(files)} file(s)", flush=True)
+    from .server import NOT_SERVING, SERVING
+
+    async def health(status):   # trades:hyperliquid SERVING while the stream is live, positions:... once read
+        await service.health.set("trades:hyperliquid", SERVING if status["trades_state"] == "live" else NOT_SERVING)
+        await service.health.set("positions:hyperliquid", SERVING if status["reads"] > 0 else NOT_SERVING)
+
+    interval = 60.0 if speed is None else min(60.0, STEP_MS / 1000 / speed)   # the demo: one sample a bar
+    feeds = HyperliquidFeeds(client, ex.symbols, ws_url=ex.ws_url, poller_share=ex.poller_share,
+                             addresses=addresses, sample_interval_s=interval, on_status=health,
+                             **({"now_ms": now_ms} if now_ms is not None else {}))
+    feeds.start()
+    service.pollers = {"hyperliquid": feeds.poller}
+    print(f"heatsvc: hyperliquid positions poller on {', '.join(ex.symbols)} ({ex.poller_share:g} of 1,200 weight "
+          f"a minute, {len(addresses)} listed accounts); trades from {ex.ws_url}", flush=True)
+    return feeds
+
+
 async def serve(config, *, demo: argparse.Namespace | None = None, progress: bool = True,
                 web: str | None = None) -> int:
     """Run until SIGTERM/SIGINT: store, exchange clients, refresher, gRPC server; then shut down
@@ -147,7 +183,7 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     from ..discovery import discover, is_pattern
     from ..exchanges import make_client
     from ..refresher import Refresher
-    from ..replay import ReplayExchange
+    from ..replay import ReplayExchange, default_datasets
     from ..store import Store
     from .server import Server
 
@@ -158,7 +194,8 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     if demo is not None:
         if not demo.demo_speed > 0:
             raise ValueError(f"--demo-speed must be > 0, got {demo.demo_speed}")
-        replay = ReplayExchange(start_ms=parse_time(demo.demo_start, "--demo-start"), speed=demo.demo_speed)
+        replay = ReplayExchange(datasets=default_datasets(hyperliquid=True),
+                                start_ms=parse_time(demo.demo_start, "--demo-start"), speed=demo.demo_speed)
         replay.start()
         from ..replay.streams import StreamServer
         streams = StreamServer(replay)
@@ -177,6 +214,7 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     recording = None   # realised liquidations (heatsvc.recording), when [liquidations] enabled
     endpoint = None
     page = None   # the web gateway (heatsvc.web), when --web
+    hyperliquid = None   # its sampler, trades stream and positions poller, when hyperliquid markets are served
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -187,6 +225,10 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
                 extra = {"archive_url": ex.archive_url} if ex.archive_url else {}
                 if now_ms is not None:   # the demo's clients run on the replay clock too
                     extra["now_ms"] = now_ms
+                if ex.name == "hyperliquid":
+                    extra["weight_share"] = ex.weight_share
+                    if demo is not None:   # two bars a refresh: x100 would spend the weight budget 3 times over
+                        extra["min_refresh_s"] = 2 * 300.0 / demo.demo_speed
                 clients[ex.name] = make_client(ex.name, ex.base_url, **extra)
         selectors = {ex.name: (ex.symbols, ex.top) for ex in config.exchanges
                      if ex.name in clients and any(is_pattern(s) for s in ex.symbols)}
@@ -204,6 +246,9 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
         endpoint = start_metrics(config, demo=demo is not None)
         if config.liquidations.enabled:
             recording = start_recording(config, clients, server.service, now_ms)
+        if "hyperliquid" in clients:
+            hyperliquid = start_hyperliquid(config, clients["hyperliquid"], server.service, now_ms=now_ms,
+                                            speed=demo.demo_speed if demo is not None else None)
         if web:
             from ..web.cli import start_embedded
             page = await start_embedded(config, port, web)
@@ -227,6 +272,8 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
             recording.store.close()
         if endpoint is not None:
             endpoint.stop()
+        if hyperliquid is not None:
+            await hyperliquid.stop()
         if refresher is not None:
             await refresher.stop()
         for client in clients.values():

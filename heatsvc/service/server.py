@@ -79,6 +79,7 @@ class HeatmapService:
         self._bars: dict[str, tuple[int, int, dict]] = {}  # market -> (version, start_ms, bars)
         self.webhooks = [WebhookSink(self, hook) for hook in config.webhooks]   # checks their views
         self.recording = None               # heatsvc.recording.Recording, set by `heatsvc serve` when recording
+        self.pollers: dict = {}             # exchange -> positions poller (.snapshot(coin)), set by `heatsvc serve`
         self._liquidation_store = None      # opened on the first GetLiquidations without a recording
         self.measured = Measured(self)      # measured maps (public-ledger markets) and saved profiles
 

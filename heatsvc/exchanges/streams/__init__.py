@@ -43,10 +43,11 @@ class Recorder:
                  on_span: Callable[[int, int], Awaitable[None]], *, url: str | None = None,
                  contract_size: dict[str, float] | None = None, now_ms: Callable[[], int] = wall_ms,
                  silence_s: float = SILENCE_S, ping_interval_s: float | None = None, backoff_s: float = 1.0,
-                 max_backoff_s: float = 60.0):
-        if exchange not in DIALECTS:
+                 max_backoff_s: float = 60.0, dialect=None):
+        if dialect is None and exchange not in DIALECTS:
             raise ValueError(f"no liquidation stream for exchange {exchange!r}; use {', '.join(DIALECTS)}")
-        self.exchange, self.dialect = exchange, DIALECTS[exchange]
+        # `dialect`: another stream spoken the same way (Hyperliquid's trades, heatsvc.exchanges.streams.hyperliquid)
+        self.exchange, self.dialect = exchange, dialect or DIALECTS[exchange]
         self.symbols = set(symbols)
         self.url = url or self.dialect.URL
         self.on_events, self.on_span = on_events, on_span

@@ -1,7 +1,8 @@
 """The core of the replay's liquidation streams: one `websockets` server on loopback in its own
 thread (its own event loop), so it runs beside the replay's HTTP server whatever loop the caller has.
 
-Each dialect is served under its own path prefix (/binance/, /bybit/, /okx/; see `url`). Every
+Each dialect is served under its own path prefix (/binance/, /bybit/, /okx/, /hyperliquid/; see `url`);
+Hyperliquid's is its public trades, drawn by its session from the replay. Every
 `tick_s` the server reads the replay clock (`replay.now_ms()`), draws the liquidations of the replayed
 bars that the clock has passed since the last tick (events.market_events) and pushes them to the
 connections that subscribed, in their dialect. Faults, settable while running: close every connection
@@ -20,11 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import websockets
 
-from . import binance, bybit, okx
+from . import binance, bybit, hyperliquid, okx
 from .events import market_events
 
 log = logging.getLogger("heatsvc.replay.streams")
-DIALECTS = {"binance": binance, "bybit": bybit, "okx": okx}
+DIALECTS = {"binance": binance, "bybit": bybit, "okx": okx, "hyperliquid": hyperliquid}
 MAX_CATCH_UP_MS = 86_400_000     # a clock jumped far ahead replays at most a day of liquidations
 
 
@@ -107,6 +108,8 @@ class StreamServer:
             return
         self.connections[name] += 1
         session = DIALECTS[name].Session(path)
+        if hasattr(session, "attach"):        # a dialect drawing its own messages from the replay (trades)
+            session.attach(self.replay, self.seed)
         self._sessions[ws] = (name, session, time.monotonic())
         try:
             async for text in ws:
@@ -142,7 +145,7 @@ class StreamServer:
         out: dict[str, list[tuple]] = {name: [] for name in DIALECTS}
         for market in self.replay.markets():
             exchange, _, symbol = market.partition(":")
-            if exchange not in DIALECTS:
+            if exchange not in DIALECTS or not getattr(DIALECTS[exchange], "LIQUIDATIONS", True):
                 continue
             series = self.replay.series(market)
             k = int(np.searchsorted(series.t, end_ms, side="right")) - 1
