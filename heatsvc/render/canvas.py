@@ -170,7 +170,8 @@ def _titles(cv: _Canvas, scene: Scene, kind: str, left: float) -> tuple[float, f
     """Title (pair, exchange, lookback), subtitle (data time, price, grid) and caption (the same facts and
     the disclaimer); returns the pixels they take at the top and at the bottom."""
     pair, exchange = describe_market(scene)
-    what = "estimated liquidation heatmap" if kind == "heatmap" else "estimated liquidation map (newest column)"
+    what = {"heatmap": "estimated liquidation heatmap", "map": "estimated liquidation map (newest column)",
+            "measured": "estimated beside measured liquidation map"}[kind]
     minutes = scene.column_ms // 60_000
     col = f"{minutes // 60} h" if minutes % 60 == 0 and minutes >= 60 else f"{minutes} min"
     line = 1.25 * cv.dpi / 72

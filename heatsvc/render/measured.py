@@ -46,7 +46,7 @@ def render_measured(scene: Scene, measured: Measured, path: str | os.PathLike, *
     cv = _Canvas(width, height, theme)
     s = cv.s
     left, right = _left_margin(cv, scene), 24 * s
-    top, bottom = _titles(cv, scene, "map", left)
+    top, bottom = _titles(cv, scene, "measured", left)
     note = (f"measured {utc(measured.time_ms)}: {measured.accounts_read} of {measured.accounts_known} known accounts, "
             f"coverage {_pct(measured.coverage_long)} of long and {_pct(measured.coverage_short)} of short open "
             f"interest; without a liquidation price (not drawn): {money(measured.unpriced_long)} long, "

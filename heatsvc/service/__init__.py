@@ -215,6 +215,7 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     endpoint = None
     page = None   # the web gateway (heatsvc.web), when --web
     hyperliquid = None   # its sampler, trades stream and positions poller, when hyperliquid markets are served
+    measuring = None     # the measured-map recorder: the poller's snapshots into the store (MODEL.md section 16)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -249,6 +250,11 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
         if "hyperliquid" in clients:
             hyperliquid = start_hyperliquid(config, clients["hyperliquid"], server.service, now_ms=now_ms,
                                             speed=demo.demo_speed if demo is not None else None)
+            from .measured import MeasuredRecorder
+            measuring = MeasuredRecorder(server.service.measured, hyperliquid.poller,
+                                         [m for m in config.markets if m.startswith("hyperliquid:")],
+                                         interval_s=hyperliquid.sample_interval_s)
+            measuring.start()
         if web:
             from ..web.cli import start_embedded
             page = await start_embedded(config, port, web)
@@ -272,6 +278,8 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
             recording.store.close()
         if endpoint is not None:
             endpoint.stop()
+        if measuring is not None:
+            await measuring.stop()
         if hyperliquid is not None:
             await hyperliquid.stop()
         if refresher is not None:
