@@ -29,7 +29,7 @@ from ..liquidation_store import LiquidationStore
 from . import auth, liquidations, messages
 from .errors import RequestError, exhausted, invalid, unavailable
 from .streams import EventsTopic, ViewTopic, ZonesTopic
-from .views import Catalogue, ViewKey, check_all, event_opts, grid_opts, zone_opts
+from .views import Catalogue, ViewKey, ViewState, check_all, event_opts, grid_opts, zone_opts
 from .webhooks import WebhookSink
 
 log = logging.getLogger("heatsvc.service")
@@ -259,6 +259,19 @@ class HeatmapService:
         """The current price: the refresher's latest (mean over an aggregate's exchanges), else the last close."""
         known = [self.prices[m] for m in hm.markets if m in self.prices]
         return float(sum(known) / len(known)) if known else hm.price
+
+    # ---- what the shared streams read (an edge, heatsvc.cluster.edge, gives the same three) -------
+
+    async def view_state(self, key: ViewKey) -> ViewState:
+        """The view now: its Heatmap (the grid) and the price its zones are read at."""
+        hm = await self.heatmap(key)
+        return ViewState(grid=hm, zones=self.price(key, hm))
+
+    def zone_report(self, key: ViewKey, state: ViewState, zopts) -> pb.ZoneReport:
+        return messages.zone_report(key, state.grid, state.zones, zopts)
+
+    async def grid_message(self, key: ViewKey, state: ViewState, gopts) -> pb.Heatmap:
+        return await asyncio.to_thread(self.heatmap_message, key, state.grid, gopts)
 
     def _remember(self, ck: tuple, data: bytes) -> bytes:
         if len(data) <= RESPONSE_CACHE_MAX:
