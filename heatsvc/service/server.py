@@ -74,6 +74,7 @@ class HeatmapService:
         self._tasks: list[asyncio.Task] = []
         self._loaded: set[str] = set()
         self._pending = 0
+        self.max_pending = MAX_PENDING   # an owner (heatsvc.cluster) computes every view it publishes
         self._last_bar: dict[str, int] = {}
         self._bars: dict[str, tuple[int, int, dict]] = {}  # market -> (version, start_ms, bars)
         self.webhooks = [WebhookSink(self, hook) for hook in config.webhooks]   # checks their views
@@ -198,7 +199,7 @@ class HeatmapService:
             self._cache_bytes -= _nbytes(self._cache.popitem(last=False)[1])
 
     async def _compute(self, key: ViewKey, markets: list[str]) -> Heatmap:
-        if self._pending >= MAX_PENDING:
+        if self._pending >= self.max_pending:
             raise exhausted(f"{self._pending} distinct views are being computed; retry shortly")
         self._pending += 1
         try:
@@ -289,9 +290,9 @@ class HeatmapService:
             await context.abort_with_status(exc.status())
 
     async def ListMarkets(self, request, context) -> bytes:
-        return await self._unary(context, self._list_markets)
+        return await self._unary(context, self.list_markets)
 
-    async def _list_markets(self) -> bytes:
+    async def list_markets(self) -> bytes:
         state = self.refresher.health()
         order = ["ok", "loading", "degraded", "failing"]
         out = pb.ListMarketsResponse(lookbacks=self.catalogue.lookbacks, max_cells=self.catalogue.max_cells,
@@ -391,8 +392,13 @@ class HeatmapService:
         return price, [messages.confluence_level(v) for v in confluence(reports)]
 
     def _check_heatmap_request(self, request):
-        return check_all(lambda: self.catalogue.view(request.view, per_tier=request.include_tiers),
-                         lambda: zone_opts(request.zone_options), lambda: grid_opts(request))
+        key, zopts, gopts = check_all(lambda: self.catalogue.view(request.view, per_tier=request.include_tiers),
+                                      lambda: zone_opts(request.zone_options), lambda: grid_opts(request))
+        self.check_served(key, zopts, gopts)
+        return key, zopts, gopts
+
+    def check_served(self, key: ViewKey, zopts, gopts=None) -> None:
+        """Refuse what this server cannot give (a cluster edge serves only the published views)."""
 
     async def StreamHeatmap(self, request, context):
         def make():
@@ -414,6 +420,8 @@ class HeatmapService:
     async def StreamZones(self, request, context):
         def make():
             *keys, zopts = self._check_views(request)
+            for key in keys:
+                self.check_served(key, zopts)
             return ("zones", tuple(keys), zopts), lambda: ZonesTopic(self, tuple(keys), zopts,
                                                                      self.config.limits.queue_depth)
         async for data in self._stream(context, make):
@@ -537,9 +545,10 @@ class HeatmapService:
 class Server:
     """A grpc.aio server around HeatmapService, with health, reflection, keepalive and size limits."""
 
-    def __init__(self, config, store, refresher):
+    def __init__(self, config, store=None, refresher=None, *, service=None, reuse_port: bool = False):
         self.config = config
-        self.service = HeatmapService(config, store, refresher)
+        self.service = service if service is not None else HeatmapService(config, store, refresher)
+        self.reuse_port = reuse_port   # cluster edges share one port (SO_REUSEPORT)
         self.grpc: grpc.aio.Server | None = None
         self.port: int | None = None
 
@@ -552,7 +561,7 @@ class Server:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.http2.max_pings_without_data", 0),
-        ]
+        ] + ([("grpc.so_reuseport", 1)] if self.reuse_port else [])
 
     async def start(self, listen: str | None = None) -> int:
         """Bind and start serving (health NOT_SERVING until data is loaded); returns the port.
