@@ -48,10 +48,10 @@ class EdgeService(HeatmapService):
 
     async def _connect(self) -> None:
         self.nc = await connect(self.config.nats, "heatsvc-edge", on_disconnect=self._update_health,
-                                on_reconnect=self._subscribe)
-        await self._subscribe()
+                                on_reconnect=self._consume)
+        await self._consume()
 
-    async def _subscribe(self) -> None:
+    async def _consume(self) -> None:
         """(Re)start the ordered consumer from the latest message of every subject: after a reconnect
         the server may be a restarted one that lost the consumer; repeats are ignored (Retained)."""
         from nats.js.api import DeliverPolicy
