@@ -18,6 +18,7 @@ class ViewEntry:
     zones: bytes | None = None
     grid: bytes | None = None
     staged_grid: bytes | None = None
+    data_time_ms: int = 0        # of the committed zones: a view never goes back in time
     responses: dict = field(default_factory=dict)   # serialized unary answers of this pair
 
 
@@ -56,13 +57,17 @@ class Retained:
         if kind == "grid":
             entry.staged_grid = data
             return
+        data_time = pb.ZoneReport.FromString(data).data_time.ToMilliseconds()
+        if data_time < entry.data_time_ms:
+            entry.staged_grid = None   # older than what we have (a replacement owner warming up): keep ours
+            return
         grid = entry.grid
         if entry.staged_grid is not None and entry.staged_grid != entry.grid:
             grid = entry.staged_grid   # a new object: streams see the grid changed
         entry.staged_grid = None
         if data == entry.zones and grid is entry.grid:
             return   # the same again (a replacement owner, a resend after a reconnect)
-        entry.zones, entry.grid, entry.responses = data, grid, {}
+        entry.zones, entry.grid, entry.responses, entry.data_time_ms = data, grid, {}, data_time
         self._changed(market)
 
     def _heartbeat(self, index: int, data: bytes, headers: dict) -> None:
