@@ -15,10 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from heatsvc.cluster.launcher import Cluster
 from heatsvc.cluster.nats_server import binary
 from heatsvc.cluster.subjects import Shard
-from heatsvc.replay import ReplayExchange
 from heatsvc.v1 import heatmap_service_pb2 as pb
 from heatsvc.v1 import heatmap_service_pb2_grpc as pb_grpc
-from test_service import START, STEP, Stack, small_datasets, view
+from test_service import replay, stack, view  # noqa: F401 (fixtures: the stepped replay, the single process)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -36,17 +35,9 @@ except ValueError as exc:
 
 
 @pytest.fixture(scope="module")
-def replay():
-    with ReplayExchange(datasets=small_datasets(), start_ms=START) as rx:   # stepped by the tests
-        yield rx
-
-
-@pytest.fixture(scope="module")
-def single(replay, tmp_path_factory):
-    """The single process on the same replay: the reference."""
-    s = Stack(replay, tmp_path_factory.mktemp("single") / "bars.sqlite3")
-    yield s
-    s.close()
+def single(stack):
+    """The single process on the same replay (test_service's stack): the reference."""
+    return stack
 
 
 @pytest.fixture(scope="module")

@@ -176,7 +176,7 @@ async def serve(config, shard: Shard, *, clock_url: str | None = None, progress:
     """Run an owner until SIGTERM/SIGINT."""
     from ..discovery import discover
     from ..refresher import Refresher
-    from ..service import open_clients
+    from ..service import open_clients, refresh_until
     from ..service.server import HeatmapService
     from ..store import Store
     from .clock import ReplayClock
@@ -215,14 +215,7 @@ async def serve(config, shard: Shard, *, clock_url: str | None = None, progress:
         print(f"heatsvc: owner of shard {shard} ({len(config.markets)} markets, "
               f"{len(service.catalogue.aggregates)} aggregates, lookbacks {', '.join(config.lookbacks)}) "
               f"publishing to {config.nats.url}", flush=True)
-        starting = asyncio.create_task(refresher.start())
-        stopper = asyncio.create_task(stopping.wait())
-        await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if starting.done() and starting.exception() is not None:
-            raise starting.exception()
-        await stopping.wait()
-        if not starting.done():
-            starting.cancel()
+        await refresh_until(refresher, stopping)
         return 0
     finally:
         if owner is not None:

@@ -190,6 +190,19 @@ def open_clients(config, now_ms=None) -> dict:
     return clients
 
 
+async def refresh_until(refresher, stopping: asyncio.Event) -> None:
+    """Start the refresher (its backfill runs meanwhile) and return once `stopping` is set; a start that
+    fails is raised at once."""
+    starting = asyncio.create_task(refresher.start())
+    stopper = asyncio.create_task(stopping.wait())
+    await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done() and starting.exception() is not None:
+        raise starting.exception()
+    await stopping.wait()
+    if not starting.done():
+        starting.cancel()
+
+
 async def serve(config, *, demo: argparse.Namespace | None = None, progress: bool = True,
                 web: str | None = None) -> int:
     """Run until SIGTERM/SIGINT: store, exchange clients, refresher, gRPC server; then shut down
@@ -250,15 +263,8 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
         if web:
             from ..web.cli import start_embedded
             page = await start_embedded(config, port, web)
-        starting = asyncio.create_task(refresher.start())
-        stopper = asyncio.create_task(stopping.wait())
-        await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if starting.done() and starting.exception() is not None:
-            raise starting.exception()
-        await stopping.wait()
+        await refresh_until(refresher, stopping)
         print("heatsvc: shutting down", flush=True)
-        if not starting.done():
-            starting.cancel()
         return 0
     finally:
         if page is not None:
