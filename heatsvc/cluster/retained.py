@@ -3,12 +3,16 @@
 each owner's latest heartbeat (its shard's catalogue) with the time it was sent."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
 
 from ..v1 import heatmap_service_pb2 as pb
 from . import subjects
 
+log = logging.getLogger("heatsvc.cluster")
 STALE_BEATS = 3   # an owner silent for this many heartbeats is stale
 
 
@@ -57,7 +61,11 @@ class Retained:
         if kind == "grid":
             entry.staged_grid = data
             return
-        data_time = pb.ZoneReport.FromString(data).data_time.ToMilliseconds()
+        try:
+            data_time = pb.ZoneReport.FromString(data).data_time.ToMilliseconds()
+        except DecodeError:
+            log.warning("ignored %s: not a heatsvc.v1.ZoneReport", subject)
+            return
         if data_time < entry.data_time_ms:
             entry.staged_grid = None   # older than what we have (a replacement owner warming up): keep ours
             return
@@ -75,7 +83,8 @@ class Retained:
             catalogue = pb.ListMarketsResponse.FromString(data)
             sent = int(headers[subjects.SENT_HEADER])
             interval = int(headers[subjects.INTERVAL_HEADER])
-        except (KeyError, ValueError, Exception):   # not an owner's heartbeat: ignore it
+        except (KeyError, ValueError, DecodeError):
+            log.warning("ignored %s: not an owner's heartbeat", f"{subjects.PREFIX}.owners.{index}")
             return
         old = self.owners.get(index)
         self.owners[index] = OwnerEntry(catalogue, sent, interval)
