@@ -105,10 +105,12 @@ class EdgeService(HeatmapService):
             await asyncio.sleep(HEALTH_POLL_S)
 
     async def _update_health(self) -> None:
-        """Per market SERVING while connected and its owner is alive; overall while any market is."""
+        """Per market SERVING while connected and its owner is alive and has loaded it; overall while any
+        market is."""
         now = int(time.time() * 1000)
         connected = self.connected()
-        states = {m: SERVING if connected and not self.retained.stale(m, now) else NOT_SERVING
+        states = {m: SERVING if connected and not self.retained.stale(m, now) and not self.retained.loading(m)
+                  else NOT_SERVING
                   for m in [*self.catalogue.markets, *self.catalogue.aggregates]}
         overall = SERVING if SERVING in states.values() else NOT_SERVING
         states[""] = states[SERVICE] = overall

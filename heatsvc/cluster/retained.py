@@ -31,6 +31,7 @@ class OwnerEntry:
     catalogue: pb.ListMarketsResponse
     sent_ms: int
     interval_ms: int
+    loading: frozenset[str] = frozenset()   # markets the owner is still backfilling
 
     def stale(self, now_ms: int) -> bool:
         return now_ms - self.sent_ms > STALE_BEATS * max(self.interval_ms, 1)
@@ -87,7 +88,8 @@ class Retained:
             log.warning("ignored %s: not an owner's heartbeat", f"{subjects.PREFIX}.owners.{index}")
             return
         old = self.owners.get(index)
-        self.owners[index] = OwnerEntry(catalogue, sent, interval)
+        loading = frozenset(m.market for m in catalogue.markets if m.status == pb.MARKET_STATUS_LOADING)
+        self.owners[index] = OwnerEntry(catalogue, sent, interval, loading)
         markets = {m.market for m in catalogue.markets}
         for m in markets:
             self.shard_of[m] = index
@@ -103,6 +105,11 @@ class Retained:
         """True when the market's owner is unknown or has missed its heartbeats."""
         owner = self.owners.get(self.shard_of.get(market, -1))
         return owner is None or owner.stale(int(time.time() * 1000) if now_ms is None else now_ms)
+
+    def loading(self, market: str) -> bool:
+        """True while the market's owner still backfills it (its catalogue says LOADING)."""
+        owner = self.owners.get(self.shard_of.get(market, -1))
+        return owner is None or market in owner.loading
 
     def catalogue(self) -> tuple[list[str], list[str], pb.ListMarketsResponse | None]:
         """(single-exchange markets, lookbacks, one owner's catalogue for the limits and parameters)."""
