@@ -13,6 +13,8 @@ COMMANDS = {
     "heatmap": ("heatsvc.local", "compute a heatmap locally (bundled data by default) and print its top zones"),
     "replay": ("heatsvc.replay", "run the replay exchange: Binance/Bybit/OKX REST dialects on loopback"),
     "serve": ("heatsvc.service", "serve the heatsvc.v1 gRPC API (--demo: replay data on 127.0.0.1:50051)"),
+    "cluster": ("heatsvc.cluster.launcher", "run a local cluster: nats-server, replay exchange, shard owners and "
+                                            "stateless edges (--demo; docs/SCALING.md)"),
     "snapshot": ("heatsvc.client", "ask a server for one view and print its summary (or write JSON)"),
     "zones": ("heatsvc.client", "ask a server for a view's ranked zones"),
     "watch": ("heatsvc.client", "subscribe to a view and redraw its zones on every update"),

@@ -42,6 +42,14 @@ Example (every key optional):
     poller_share = 0.4          # of it, the positions poller's (clearinghouseState, weight 2: 240 reads a minute)
     addresses_file = "/etc/heatsvc/hl-accounts"   # accounts to poll besides those the trades reveal
     asset_ctxs_files = ["/data/hl/asset_ctxs/*.csv.lz4"]   # S3 archive files: open interest before our sampling
+    [nats]                      # the cluster (heatsvc serve --role owner|edge; unused by the single process)
+    url = "nats://127.0.0.1:4222"             # or tls://...; --nats URL overrides; HEATSVC_NATS_URL too
+    token_file = "/etc/heatsvc/nats-token"    # or HEATSVC_NATS_TOKEN; never the token itself in this file
+    credentials = "/etc/heatsvc/heatsvc.creds"   # or a NATS credentials (JWT + NKey) file
+    tls_ca = "/etc/heatsvc/nats-ca.pem"       # verify the server; with tls_cert/tls_key: client certificate
+    tls_cert = "/etc/heatsvc/nats-client.pem"
+    tls_key = "/etc/heatsvc/nats-client.key"
+    heartbeat_s = 1.0           # owners' catalogue heartbeat; an owner silent for 3 of them is stale
 
     [liquidations]              # record realised liquidations from the exchanges' WebSocket streams
     enabled = false             # default off: it opens one connection per exchange (the demo turns it on)
@@ -130,6 +138,18 @@ class LiquidationsConfig:
 
 
 @dataclass(frozen=True)
+class NatsConfig:
+    """[nats]: where the cluster's owners and edges meet (heatsvc.cluster) and how they authenticate."""
+    url: str = "nats://127.0.0.1:4222"
+    token: str | None = field(default=None, repr=False)   # read from token_file or HEATSVC_NATS_TOKEN
+    credentials: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    heartbeat_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class Limits:
     """Bounds that keep any request from computing or buffering without bound."""
     max_cells: int = MAX_CELLS
@@ -175,6 +195,7 @@ class Config:
     params: ModelParams = field(default_factory=ModelParams)
     webhooks: tuple[WebhookConfig, ...] = ()
     liquidations: LiquidationsConfig = field(default_factory=LiquidationsConfig)
+    nats: NatsConfig = field(default_factory=NatsConfig)
 
     @property
     def markets(self) -> list[str]:
@@ -264,6 +285,47 @@ def _hyperliquid(table: dict, where: str) -> dict:
     return out
 
 
+def nats_url(value: str, where: str) -> str:
+    """A NATS server URL (nats:// or tls://, with a host); ValueError naming `where`."""
+    scheme, sep, rest = value.partition("://")
+    if scheme not in ("nats", "tls") or not sep or not rest.split("@")[-1].split(":")[0]:
+        raise ValueError(f"{where} = {value!r} is invalid: use nats://HOST:PORT or tls://HOST:PORT")
+    return value
+
+
+def _readable(path: str, where: str) -> str:
+    if not Path(path).is_file():
+        raise ValueError(f"config: {where} = {path!r}: no such file")
+    return path
+
+
+def _nats(data: dict, env) -> NatsConfig:
+    table = _section(data, "nats")
+    if "token" in table:   # a secret: never echo it
+        raise ValueError("config: nats.token does not belong in the config file: use token_file or HEATSVC_NATS_TOKEN")
+    _unknown(table, "nats", ("url", "token_file", "credentials", "tls_ca", "tls_cert", "tls_key", "heartbeat_s"))
+    url = env.get("HEATSVC_NATS_URL") or _take(table, "nats", "url", str, NatsConfig.url)
+    nats_url(url, "HEATSVC_NATS_URL" if env.get("HEATSVC_NATS_URL") else "config: nats.url")
+    files = {key: _take(table, "nats", key, str, None) for key in ("token_file", "credentials", "tls_ca",
+                                                                    "tls_cert", "tls_key")}
+    for key, path in files.items():
+        if path is not None:
+            _readable(path, f"nats.{key}")
+    if (files["tls_cert"] is None) != (files["tls_key"] is None):
+        raise ValueError("config: nats.tls_cert and nats.tls_key go together (the client certificate and its key)")
+    token = env.get("HEATSVC_NATS_TOKEN") or None
+    if token is None and files["token_file"] is not None:
+        token = Path(files["token_file"]).read_text(encoding="utf-8").strip()
+        if not token:
+            raise ValueError(f"config: nats.token_file = {files['token_file']!r} is empty")
+    if token is not None and files["credentials"] is not None:
+        raise ValueError("config: [nats] takes a token or a credentials file, not both")
+    return NatsConfig(url=url, token=token, credentials=files["credentials"], tls_ca=files["tls_ca"],
+                      tls_cert=files["tls_cert"], tls_key=files["tls_key"],
+                      heartbeat_s=_take(table, "nats", "heartbeat_s", float, NatsConfig.heartbeat_s,
+                                        lambda v: 0.05 <= v <= 60, "must be in [0.05, 60] seconds"))
+
+
 def _tiers(model: dict) -> tuple[Tier, ...]:
     if "tiers" not in model:
         return DEFAULT_TIERS
@@ -340,7 +402,8 @@ def _secret(table: dict, where: str, env) -> bytes:
 def parse(data: dict, env: dict[str, str] | None = None) -> Config:
     """A Config from parsed TOML and the environment; ValueError names any bad key."""
     env = os.environ if env is None else env
-    _unknown(data, "top level", ("server", "data", "limits", "exchanges", "model", "webhooks", "liquidations"))
+    _unknown(data, "top level", ("server", "data", "limits", "exchanges", "model", "webhooks", "liquidations",
+                                 "nats"))
     server, store, limits, model = (_section(data, n) for n in ("server", "data", "limits", "model"))
     if "auth_token" in server:   # the value is a secret: never echo it
         raise ValueError("config: [server] auth_token is no longer accepted (a secret does not belong in the "
@@ -399,7 +462,7 @@ def parse(data: dict, env: dict[str, str] | None = None) -> Config:
         history_days=_take(store, "data", "history_days", float, 365.0, positive, "must be > 0"),
         lookbacks=tuple(sorted(lookbacks, key=LOOKBACKS.get)),
         exchanges=tuple(exchanges), limits=lim, params=params, webhooks=_webhooks(data, env),
-        liquidations=_liquidations(data))
+        liquidations=_liquidations(data), nats=_nats(data, env))
 
 
 def load(path: str | os.PathLike | None, env: dict[str, str] | None = None) -> Config:

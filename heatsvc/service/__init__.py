@@ -46,6 +46,13 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     demo.add_argument("--demo-history-days", type=float, default=DEMO_HISTORY_DAYS,
                       help="days to backfill (default %(default)g)")
     parser.add_argument("--quiet", action="store_true", help="no backfill progress")
+    cluster = parser.add_argument_group("cluster (heatsvc.cluster, docs/SCALING.md; needs NATS JetStream)")
+    cluster.add_argument("--role", choices=("single", "owner", "edge"), default="single",
+                         help="single: everything in this process (default); owner: refresh and compute one "
+                              "shard's views and publish them to NATS; edge: serve heatsvc.v1 from NATS")
+    cluster.add_argument("--shard", metavar="I/N", help="with --role owner: serve shard I of N (0 <= I < N)")
+    cluster.add_argument("--nats", metavar="URL", help="NATS server, e.g. nats://127.0.0.1:4222 (default: [nats] url)")
+    cluster.add_argument("--replay-clock", metavar="URL", help=argparse.SUPPRESS)   # heatsvc cluster --demo
     parser.add_argument("--web", nargs="?", const="127.0.0.1:8080", metavar="HOST:PORT",
                         help="also serve the live web page (heatsvc web) there (default 127.0.0.1:8080)")
 
@@ -60,8 +67,38 @@ def run(command: str, args: argparse.Namespace) -> int:
     if args.metrics_listen:
         cfg.address(args.metrics_listen, "--metrics-listen")
         config = cfg.with_overrides(config, metrics_listen=args.metrics_listen)
+    if args.role != "single":
+        return run_cluster_role(config, args)
+    if args.shard or args.nats:
+        raise ValueError("--shard and --nats need --role owner or --role edge")
     try:
         return asyncio.run(serve(config, demo=args if args.demo else None, progress=not args.quiet, web=args.web))
+    except KeyboardInterrupt:
+        return 130
+
+
+def run_cluster_role(config, args) -> int:
+    """`heatsvc serve --role owner|edge`: checked here, run by heatsvc.cluster (which imports nats)."""
+    from dataclasses import replace
+
+    from ..config import nats_url
+
+    if args.demo or args.web:
+        raise ValueError(f"--role {args.role} takes no --demo or --web (heatsvc cluster --demo runs a demo cluster)")
+    if args.nats:
+        config = replace(config, nats=replace(config.nats, url=nats_url(args.nats, "--nats")))
+    try:
+        if args.role == "owner":
+            from ..cluster import owner
+            from ..cluster.subjects import Shard
+            if not args.shard:
+                raise ValueError("--role owner needs --shard I/N")
+            return asyncio.run(owner.serve(config, Shard.parse(args.shard), clock_url=args.replay_clock,
+                                           progress=not args.quiet))
+        if args.shard or args.replay_clock:
+            raise ValueError("--shard is for --role owner")
+        from ..cluster import edge
+        return asyncio.run(edge.serve(config))
     except KeyboardInterrupt:
         return 130
 
@@ -174,6 +211,38 @@ def start_hyperliquid(config, client, service, *, now_ms=None, speed: float | No
     return feeds
 
 
+def open_clients(config, now_ms=None, demo_speed: float | None = None) -> dict:
+    """The exchange clients of the configured exchanges that have symbols; with now_ms (a replay's
+    clock), they run on it, at the demo's speed when given."""
+    from ..exchanges import make_client
+
+    clients = {}
+    for ex in config.exchanges:
+        if ex.symbols:
+            extra = {"archive_url": ex.archive_url} if ex.archive_url else {}
+            if now_ms is not None:
+                extra["now_ms"] = now_ms
+            if ex.name == "hyperliquid":
+                extra["weight_share"] = ex.weight_share
+                if demo_speed is not None:   # two bars a refresh: x100 would spend the weight budget 3 times over
+                    extra["min_refresh_s"] = 2 * 300.0 / demo_speed
+            clients[ex.name] = make_client(ex.name, ex.base_url, **extra)
+    return clients
+
+
+async def refresh_until(refresher, stopping: asyncio.Event) -> None:
+    """Start the refresher (its backfill runs meanwhile) and return once `stopping` is set; a start that
+    fails is raised at once."""
+    starting = asyncio.create_task(refresher.start())
+    stopper = asyncio.create_task(stopping.wait())
+    await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done() and starting.exception() is not None:
+        raise starting.exception()
+    await stopping.wait()
+    if not starting.done():
+        starting.cancel()
+
+
 async def serve(config, *, demo: argparse.Namespace | None = None, progress: bool = True,
                 web: str | None = None) -> int:
     """Run until SIGTERM/SIGINT: store, exchange clients, refresher, gRPC server; then shut down
@@ -181,7 +250,6 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     from ..model.bars import parse_time
     from ..config import with_overrides
     from ..discovery import discover, is_pattern
-    from ..exchanges import make_client
     from ..refresher import Refresher
     from ..replay import ReplayExchange, default_datasets
     from ..store import Store
@@ -221,16 +289,7 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     try:
-        for ex in config.exchanges:
-            if ex.symbols:
-                extra = {"archive_url": ex.archive_url} if ex.archive_url else {}
-                if now_ms is not None:   # the demo's clients run on the replay clock too
-                    extra["now_ms"] = now_ms
-                if ex.name == "hyperliquid":
-                    extra["weight_share"] = ex.weight_share
-                    if demo is not None:   # two bars a refresh: x100 would spend the weight budget 3 times over
-                        extra["min_refresh_s"] = 2 * 300.0 / demo.demo_speed
-                clients[ex.name] = make_client(ex.name, ex.base_url, **extra)
+        clients.update(open_clients(config, now_ms, demo.demo_speed if demo is not None else None))
         selectors = {ex.name: (ex.symbols, ex.top) for ex in config.exchanges
                      if ex.name in clients and any(is_pattern(s) for s in ex.symbols)}
         config = await discover(config, clients)   # symbol patterns and `top` become symbols
@@ -258,15 +317,8 @@ async def serve(config, *, demo: argparse.Namespace | None = None, progress: boo
         if web:
             from ..web.cli import start_embedded
             page = await start_embedded(config, port, web)
-        starting = asyncio.create_task(refresher.start())
-        stopper = asyncio.create_task(stopping.wait())
-        await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if starting.done() and starting.exception() is not None:
-            raise starting.exception()
-        await stopping.wait()
+        await refresh_until(refresher, stopping)
         print("heatsvc: shutting down", flush=True)
-        if not starting.done():
-            starting.cancel()
         return 0
     finally:
         if page is not None:

@@ -41,6 +41,10 @@ def unavailable(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.UNAVAILABLE, message)
 
 
+def unimplemented(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.UNIMPLEMENTED, message)
+
+
 def exhausted(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 

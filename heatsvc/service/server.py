@@ -30,7 +30,7 @@ from . import auth, liquidations, messages
 from .measured import Measured
 from .errors import RequestError, exhausted, invalid, unavailable
 from .streams import EventsTopic, ViewTopic, ZonesTopic
-from .views import Catalogue, ViewKey, check_all, event_opts, grid_opts, zone_opts
+from .views import Catalogue, ViewKey, ViewState, check_all, event_opts, grid_opts, zone_opts
 from .webhooks import WebhookSink
 
 log = logging.getLogger("heatsvc.service")
@@ -75,6 +75,7 @@ class HeatmapService:
         self._tasks: list[asyncio.Task] = []
         self._loaded: set[str] = set()
         self._pending = 0
+        self.max_pending = MAX_PENDING   # an owner (heatsvc.cluster) computes every view it publishes
         self._last_bar: dict[str, int] = {}
         self._bars: dict[str, tuple[int, int, dict]] = {}  # market -> (version, start_ms, bars)
         self.webhooks = [WebhookSink(self, hook) for hook in config.webhooks]   # checks their views
@@ -209,7 +210,7 @@ class HeatmapService:
             self._cache_bytes -= _nbytes(self._cache.popitem(last=False)[1])
 
     async def _compute(self, key: ViewKey, markets: list[str]) -> Heatmap:
-        if self._pending >= MAX_PENDING:
+        if self._pending >= self.max_pending:
             raise exhausted(f"{self._pending} distinct views are being computed; retry shortly")
         self._pending += 1
         try:
@@ -272,6 +273,19 @@ class HeatmapService:
         known = [self.prices[m] for m in hm.markets if m in self.prices]
         return float(sum(known) / len(known)) if known else hm.price
 
+    # ---- what the shared streams read (an edge, heatsvc.cluster.edge, gives the same three) -------
+
+    async def view_state(self, key: ViewKey) -> ViewState:
+        """The view now: its Heatmap (the grid) and the price its zones are read at."""
+        hm = await self.heatmap(key)
+        return ViewState(grid=hm, zones=self.price(key, hm))
+
+    def zone_report(self, key: ViewKey, state: ViewState, zopts) -> pb.ZoneReport:
+        return messages.zone_report(key, state.grid, state.zones, zopts)
+
+    async def grid_message(self, key: ViewKey, state: ViewState, gopts) -> pb.Heatmap:
+        return await asyncio.to_thread(self.heatmap_message, key, state.grid, gopts)
+
     def _remember(self, ck: tuple, data: bytes) -> bytes:
         if len(data) <= RESPONSE_CACHE_MAX:
             self._responses[ck] = data
@@ -288,9 +302,9 @@ class HeatmapService:
             await context.abort_with_status(exc.status())
 
     async def ListMarkets(self, request, context) -> bytes:
-        return await self._unary(context, self._list_markets)
+        return await self._unary(context, self.list_markets)
 
-    async def _list_markets(self) -> bytes:
+    async def list_markets(self) -> bytes:
         state = self.refresher.health()
         order = ["ok", "loading", "degraded", "failing"]
         out = pb.ListMarketsResponse(lookbacks=self.catalogue.lookbacks, max_cells=self.catalogue.max_cells,
@@ -391,8 +405,13 @@ class HeatmapService:
         return price, [messages.confluence_level(v) for v in confluence(reports)]
 
     def _check_heatmap_request(self, request):
-        return check_all(lambda: self.catalogue.view(request.view, per_tier=request.include_tiers),
-                         lambda: zone_opts(request.zone_options), lambda: grid_opts(request))
+        key, zopts, gopts = check_all(lambda: self.catalogue.view(request.view, per_tier=request.include_tiers),
+                                      lambda: zone_opts(request.zone_options), lambda: grid_opts(request))
+        self.check_served(key, zopts, gopts)
+        return key, zopts, gopts
+
+    def check_served(self, key: ViewKey, zopts, gopts=None) -> None:
+        """Refuse what this server cannot give (a cluster edge serves only the published views)."""
 
     async def StreamHeatmap(self, request, context):
         def make():
@@ -414,6 +433,8 @@ class HeatmapService:
     async def StreamZones(self, request, context):
         def make():
             *keys, zopts = self._check_views(request)
+            for key in keys:
+                self.check_served(key, zopts)
             return ("zones", tuple(keys), zopts), lambda: ZonesTopic(self, tuple(keys), zopts,
                                                                      self.config.limits.queue_depth)
         async for data in self._stream(context, make):
@@ -550,9 +571,10 @@ class HeatmapService:
 class Server:
     """A grpc.aio server around HeatmapService, with health, reflection, keepalive and size limits."""
 
-    def __init__(self, config, store, refresher):
+    def __init__(self, config, store=None, refresher=None, *, service=None, reuse_port: bool = False):
         self.config = config
-        self.service = HeatmapService(config, store, refresher)
+        self.service = service if service is not None else HeatmapService(config, store, refresher)
+        self.reuse_port = reuse_port   # cluster edges share one port (SO_REUSEPORT)
         self.grpc: grpc.aio.Server | None = None
         self.port: int | None = None
 
@@ -565,7 +587,7 @@ class Server:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.http2.max_pings_without_data", 0),
-        ]
+        ] + ([("grpc.so_reuseport", 1)] if self.reuse_port else [])
 
     async def start(self, listen: str | None = None) -> int:
         """Bind and start serving (health NOT_SERVING until data is loaded); returns the port.

@@ -1,5 +1,7 @@
 """The kinds of shared stream: one view's heatmap/zone updates, many views' zone reports, and many views'
-zone events."""
+zone events. The first two read views through the service's view_state/zone_report/grid_message, so a
+single process and a cluster edge (heatsvc.cluster.edge) feed the same topics; zone events need the
+model's reports and stay with the single process."""
 from __future__ import annotations
 
 import asyncio
@@ -18,21 +20,19 @@ class ViewTopic(Topic):
         super().__init__(key.components, depth)
         self.service, self.key, self.zones_only, self.zopts, self.gopts = service, key, zones_only, zopts, gopts
         self.debounce_s = 0.05 if key.aggregate else 0.0
-        self.hm = None
-        self.price = None
+        self.state = None
         self.heatmap_msg: pb.Heatmap | None = None
         self.zones_msg: pb.ZoneReport | None = None
 
     async def _state(self):
-        hm = await self.service.heatmap(self.key)
-        price = self.service.price(self.key, hm)
-        if hm is self.hm and price == self.price:
+        state = await self.service.view_state(self.key)
+        if state.same(self.state):
             return None
-        grid_changed = hm is not self.hm
-        self.zones_msg = messages.zone_report(self.key, hm, price, self.zopts)
+        grid_changed = self.state is None or state.grid is not self.state.grid
+        self.zones_msg = self.service.zone_report(self.key, state, self.zopts)
         if grid_changed and not self.zones_only:
-            self.heatmap_msg = await asyncio.to_thread(self.service.heatmap_message, self.key, hm, self.gopts)
-        self.hm, self.price = hm, price
+            self.heatmap_msg = await self.service.grid_message(self.key, state, self.gopts)
+        self.state = state
         return grid_changed
 
     async def initial(self) -> None:
@@ -66,17 +66,16 @@ class ZonesTopic(Topic):
         super().__init__({m for k in keys for m in k.components}, depth)
         self.service, self.keys, self.zopts = service, keys, zopts
         self.debounce_s = 0.05
-        self.state = [(None, None)] * len(keys)
+        self.state = [None] * len(keys)
         self.reports: list[pb.ZoneReport | None] = [None] * len(keys)
 
     async def _changed(self) -> list[int]:
-        heatmaps = await asyncio.gather(*(self.service.heatmap(k) for k in self.keys))
+        states = await asyncio.gather(*(self.service.view_state(k) for k in self.keys))
         changed = []
-        for i, (key, hm) in enumerate(zip(self.keys, heatmaps)):
-            price = self.service.price(key, hm)
-            if hm is not self.state[i][0] or price != self.state[i][1] or self.reports[i] is None:
-                self.reports[i] = messages.zone_report(key, hm, price, self.zopts)
-                self.state[i] = (hm, price)
+        for i, (key, state) in enumerate(zip(self.keys, states)):
+            if not state.same(self.state[i]) or self.reports[i] is None:
+                self.reports[i] = self.service.zone_report(key, state, self.zopts)
+                self.state[i] = state
                 changed.append(i)
         return changed
 

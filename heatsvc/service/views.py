@@ -38,6 +38,18 @@ class ViewKey:
         return self.market.startswith("all:")
 
 
+@dataclass(frozen=True, eq=False)
+class ViewState:
+    """What a shared stream reads of a view at one moment: `grid` is a new object whenever the grid
+    changed, `zones` compares equal while the zone report stays the same. A single process holds the
+    Heatmap and the price, an edge (heatsvc.cluster) the published messages' bytes."""
+    grid: object
+    zones: object
+
+    def same(self, other: ViewState | None) -> bool:
+        return other is not None and self.grid is other.grid and self.zones == other.zones
+
+
 @dataclass(frozen=True)
 class ZoneOpts:
     threshold: float = DEFAULT_THRESHOLD

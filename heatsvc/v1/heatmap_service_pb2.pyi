@@ -142,7 +142,7 @@ class LiquidationCurve(_message.Message):
     def __init__(self, price: _Optional[_Iterable[float]] = ..., notional: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ZoneReport(_message.Message):
-    __slots__ = ("market", "lookback", "price", "above", "below", "total_above", "total_below", "skew", "skew_label", "magnet", "v_max", "long_curve", "short_curve", "data_time", "threshold")
+    __slots__ = ("market", "lookback", "price", "above", "below", "total_above", "total_below", "skew", "skew_label", "magnet", "v_max", "long_curve", "short_curve", "data_time", "threshold", "stale")
     MARKET_FIELD_NUMBER: _ClassVar[int]
     LOOKBACK_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class ZoneReport(_message.Message):
     SHORT_CURVE_FIELD_NUMBER: _ClassVar[int]
     DATA_TIME_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
     market: str
     lookback: str
     price: float
@@ -173,7 +174,8 @@ class ZoneReport(_message.Message):
     short_curve: LiquidationCurve
     data_time: _timestamp_pb2.Timestamp
     threshold: float
-    def __init__(self, market: _Optional[str] = ..., lookback: _Optional[str] = ..., price: _Optional[float] = ..., above: _Optional[_Iterable[_Union[Zone, _Mapping]]] = ..., below: _Optional[_Iterable[_Union[Zone, _Mapping]]] = ..., total_above: _Optional[float] = ..., total_below: _Optional[float] = ..., skew: _Optional[float] = ..., skew_label: _Optional[_Union[SkewLabel, str]] = ..., magnet: _Optional[_Union[Zone, _Mapping]] = ..., v_max: _Optional[float] = ..., long_curve: _Optional[_Union[LiquidationCurve, _Mapping]] = ..., short_curve: _Optional[_Union[LiquidationCurve, _Mapping]] = ..., data_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., threshold: _Optional[float] = ...) -> None: ...
+    stale: bool
+    def __init__(self, market: _Optional[str] = ..., lookback: _Optional[str] = ..., price: _Optional[float] = ..., above: _Optional[_Iterable[_Union[Zone, _Mapping]]] = ..., below: _Optional[_Iterable[_Union[Zone, _Mapping]]] = ..., total_above: _Optional[float] = ..., total_below: _Optional[float] = ..., skew: _Optional[float] = ..., skew_label: _Optional[_Union[SkewLabel, str]] = ..., magnet: _Optional[_Union[Zone, _Mapping]] = ..., v_max: _Optional[float] = ..., long_curve: _Optional[_Union[LiquidationCurve, _Mapping]] = ..., short_curve: _Optional[_Union[LiquidationCurve, _Mapping]] = ..., data_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., threshold: _Optional[float] = ..., stale: _Optional[bool] = ...) -> None: ...
 
 class Grid(_message.Message):
     __slots__ = ("rows", "columns", "data")
@@ -284,7 +286,7 @@ class ListMarketsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class MarketInfo(_message.Message):
-    __slots__ = ("market", "exchange", "symbol", "aggregate", "components", "status", "last_bar_time", "lag_seconds", "last_error")
+    __slots__ = ("market", "exchange", "symbol", "aggregate", "components", "status", "last_bar_time", "lag_seconds", "last_error", "stale")
     MARKET_FIELD_NUMBER: _ClassVar[int]
     EXCHANGE_FIELD_NUMBER: _ClassVar[int]
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
@@ -294,6 +296,7 @@ class MarketInfo(_message.Message):
     LAST_BAR_TIME_FIELD_NUMBER: _ClassVar[int]
     LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
     market: str
     exchange: str
     symbol: str
@@ -303,7 +306,8 @@ class MarketInfo(_message.Message):
     last_bar_time: _timestamp_pb2.Timestamp
     lag_seconds: float
     last_error: str
-    def __init__(self, market: _Optional[str] = ..., exchange: _Optional[str] = ..., symbol: _Optional[str] = ..., aggregate: _Optional[bool] = ..., components: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[MarketStatus, str]] = ..., last_bar_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lag_seconds: _Optional[float] = ..., last_error: _Optional[str] = ...) -> None: ...
+    stale: bool
+    def __init__(self, market: _Optional[str] = ..., exchange: _Optional[str] = ..., symbol: _Optional[str] = ..., aggregate: _Optional[bool] = ..., components: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[MarketStatus, str]] = ..., last_bar_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lag_seconds: _Optional[float] = ..., last_error: _Optional[str] = ..., stale: _Optional[bool] = ...) -> None: ...
 
 class ListMarketsResponse(_message.Message):
     __slots__ = ("markets", "lookbacks", "max_cells", "parameters", "profiles")
