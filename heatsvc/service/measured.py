@@ -94,7 +94,8 @@ class Measured:
     def check(self, request) -> tuple[ViewKey, int | None]:
         key = self.service.catalogue.view(request.view)
         coin(key)
-        return key, request.time.ToMilliseconds() if request.HasField("time") else None
+        timed = "time" in request.DESCRIPTOR.fields_by_name and request.HasField("time")
+        return key, request.time.ToMilliseconds() if timed else None
 
     async def get(self, request) -> bytes:
         key, time_ms = self.check(request)
