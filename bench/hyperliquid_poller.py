@@ -17,8 +17,8 @@ import statistics
 import time
 
 from heatsvc.exchanges import make_client
-from heatsvc.exchanges.hyperliquid import WEIGHT_PER_MINUTE, WEIGHTS, candle_weight
-from heatsvc.exchanges.hyperliquid_positions import READ_WEIGHT, PositionPoller
+from heatsvc.exchanges.hyperliquid.client import WEIGHT_PER_MINUTE, WEIGHTS, candle_weight
+from heatsvc.exchanges.hyperliquid.positions import READ_WEIGHT, PositionPoller
 from heatsvc.replay import ReplayExchange, default_datasets
 from heatsvc.replay.accounts import SyntheticAccounts
 from heatsvc.model.bars import parse_time

@@ -14,10 +14,10 @@ import pytest
 
 from fixture_server import Answer, fixture, server, with_client  # noqa: F401 (server: a fixture)
 from heatsvc.exchanges import ExchangeError, ExchangeUnavailable
-from heatsvc.exchanges.hyperliquid import candle_weight
-from heatsvc.exchanges.hyperliquid_flow import TakerFlow, Trade
-from heatsvc.exchanges.hyperliquid_oi import OiSamples
-from heatsvc.exchanges.weights import WeightWindow
+from heatsvc.exchanges.hyperliquid.client import candle_weight
+from heatsvc.exchanges.hyperliquid.flow import TakerFlow, Trade
+from heatsvc.exchanges.hyperliquid.oi import OiSamples
+from heatsvc.exchanges.hyperliquid.weights import WeightWindow
 from heatsvc.model.bars import STEP_MS
 
 INFO = "/info"
@@ -109,7 +109,7 @@ def test_429_null_holds_the_host_and_retries(server):
     server.route(INFO + "#metaAndAssetCtxs", Answer(429, fixture("hyperliquid/429-null.txt")), Answer(200, META))
 
     async def work(c):
-        import heatsvc.exchanges.hyperliquid as hl
+        import heatsvc.exchanges.hyperliquid.client as hl
         hl_throttle = hl.THROTTLE_S
         hl.THROTTLE_S = 0.3
         try:
@@ -129,7 +129,7 @@ def test_repeated_429_holds_longer_each_time_and_gives_up(server):
     server.route(INFO + "#metaAndAssetCtxs", Answer(429, b"null"))
 
     async def work(c):
-        import heatsvc.exchanges.hyperliquid as hl
+        import heatsvc.exchanges.hyperliquid.client as hl
         saved = hl.THROTTLE_S
         hl.THROTTLE_S = 0.05
         try:

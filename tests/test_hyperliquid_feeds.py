@@ -14,11 +14,11 @@ import pytest
 
 from fixture_server import fixture
 from heatsvc.exchanges import ExchangeUnavailable, make_client
-from heatsvc.exchanges.hyperliquid_flow import TakerFlow
-from heatsvc.exchanges.hyperliquid_positions import PositionPoller, load_addresses
+from heatsvc.exchanges.hyperliquid.flow import TakerFlow
+from heatsvc.exchanges.hyperliquid.positions import PositionPoller, load_addresses
 from heatsvc.exchanges.streams import hyperliquid as stream
 from heatsvc.exchanges.streams.hyperliquid import TradeFeed
-from heatsvc.exchanges.weights import WeightWindow
+from heatsvc.exchanges.hyperliquid.weights import WeightWindow
 from heatsvc.model.bars import STEP_MS
 from heatsvc.model.positions import Position
 from heatsvc.replay import DATA_END_MS, Limits, ReplayExchange, default_datasets
@@ -65,7 +65,7 @@ class StubClient:
     """clearinghouseState answers from a table: address -> positions."""
 
     def __init__(self, table):
-        from heatsvc.exchanges.hyperliquid_oi import OiSamples
+        from heatsvc.exchanges.hyperliquid.oi import OiSamples
         self.table, self.calls, self.samples, self.banned_until = table, [], OiSamples(), 0.0
 
     async def clearinghouse_state(self, user):
@@ -175,7 +175,7 @@ def test_replay_candles_limits_and_the_429_null():
 
 
 def test_client_and_poller_stay_within_their_weight_against_the_replay(monkeypatch):
-    import heatsvc.exchanges.hyperliquid as hl
+    import heatsvc.exchanges.hyperliquid.client as hl
     monkeypatch.setattr(hl, "THROTTLE_S", 0.05)      # the 429 holds of the over-budget run, shortened
     monkeypatch.setattr(hl, "THROTTLE_CAP_S", 0.2)
     limits = Limits(hyperliquid_weight=40, hyperliquid_window_s=1.0)     # 40 weight a second, fixed windows

@@ -17,8 +17,8 @@ from demo_process import read_until, running
 from fixture_server import FIXTURES
 from heatsvc.config import load, parse
 from heatsvc.exchanges import make_client
-from heatsvc.exchanges.hyperliquid_archive import import_asset_ctxs
-from heatsvc.exchanges.hyperliquid_oi import OiSamples
+from heatsvc.exchanges.hyperliquid.archive import import_asset_ctxs
+from heatsvc.exchanges.hyperliquid.oi import OiSamples
 from heatsvc.model.bars import STEP_MS, parse_time
 from heatsvc.refresher import Refresher
 from heatsvc.replay import ReplayExchange, default_datasets

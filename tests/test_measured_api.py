@@ -75,7 +75,7 @@ HL_START = 1_760_131_200_000 + 3_600_000      # 2025-10-10T22:20Z, an hour after
 @pytest.fixture(scope="module")
 def hl(tmp_path_factory):
     from heatsvc.config import parse
-    from heatsvc.exchanges.hyperliquid_positions import PositionPoller
+    from heatsvc.exchanges.hyperliquid.positions import PositionPoller
     from heatsvc.replay import default_datasets
     from heatsvc.service.measured import MeasuredRecorder
 

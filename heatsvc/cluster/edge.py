@@ -1,6 +1,8 @@
-"""`heatsvc serve --role edge`: a stateless heatsvc.v1 server. One ordered consumer delivers the latest
-message of every subject and then each new one; GetZones, GetHeatmap and ListMarkets answer from that,
-and StreamHeatmap/StreamZones run the single process's shared topics on it (serialized once per update).
+"""`heatsvc serve --role edge`: a stateless heatsvc.v1 server. Ordered consumers deliver the latest zone
+report of every view and heartbeat of every owner, then each new one; a view's grid (about 1 MB) is
+fetched from the stream only when a client asks for it (direct get of the subject's last message),
+once per grid version however many ask. GetZones, GetHeatmap and ListMarkets answer from that, and
+StreamHeatmap/StreamZones run the single process's shared topics on it (serialized once per update).
 It serves the views the owners publish (default shape and zone options); the rest is UNIMPLEMENTED."""
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ class EdgeService(HeatmapService):
         self.retained = Retained(self._view_changed, self._catalogue_changed)
         self.catalogue = Catalogue([], (), config.limits.max_cells, len(config.params.tiers))
         self.nc = None
-        self.subscription = None
+        self.subscriptions: list = []
+        self.grid_fetches = 0
+        self._fetching: dict[tuple[str, str], asyncio.Future] = {}
         self._health: dict[str, int] = {}
 
     # ---- NATS ------------------------------------------------------------------------------
@@ -52,26 +56,59 @@ class EdgeService(HeatmapService):
         await self._consume()
 
     async def _consume(self) -> None:
-        """(Re)start the ordered consumer from the latest message of every subject: after a reconnect
-        the server may be a restarted one that lost the consumer; repeats are ignored (Retained)."""
+        """(Re)start the ordered consumers from the latest zones and heartbeats: after a reconnect the
+        server may be a restarted one that lost them; repeats are ignored (Retained)."""
         from nats.js.api import DeliverPolicy
 
-        if self.subscription is not None:
+        for sub in self.subscriptions:
             try:
-                await self.subscription.unsubscribe()
+                await sub.unsubscribe()
             except Exception as exc:  # gone with the old server
                 log.debug("unsubscribe: %s", exc)
-            self.subscription = None
+        self.subscriptions = []
         js = self.nc.jetstream()
-        while self.subscription is None:
+        while not self.subscriptions:
             try:
                 await ensure_stream(js)
-                self.subscription = await js.subscribe(f"{subjects.PREFIX}.>", cb=self._on_message,
-                                                       ordered_consumer=True, idle_heartbeat=2.0,
-                                                       deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+                self.subscriptions = [await js.subscribe(subject, cb=self._on_message, ordered_consumer=True,
+                                                         idle_heartbeat=2.0,
+                                                         deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+                                      for subject in subjects.zones_and_owners()]
             except Exception as exc:  # JetStream not ready yet after a restart
                 log.warning("edge: cannot subscribe yet: %s", exc)
+                self.subscriptions = []
                 await asyncio.sleep(0.5)
+
+    async def fetch_grid(self, key: ViewKey):
+        """The view's entry with its grid: fetched from the stream when its version is new, by one
+        direct get however many callers wait for it."""
+        entry = self._entry(key)
+        if entry.grid is not None:
+            return entry
+        view = (key.market, key.lookback)
+        pending = self._fetching.get(view)
+        if pending is None:
+            pending = self._fetching[view] = asyncio.ensure_future(self._fetch(view, entry.grid_version))
+            pending.add_done_callback(lambda _: self._fetching.pop(view, None))
+        await asyncio.shield(pending)
+        entry = self._entry(key)
+        if entry.grid is None:   # the zones moved on to a newer grid meanwhile: fetch that one
+            return await self.fetch_grid(key)
+        return entry
+
+    async def _fetch(self, view: tuple[str, str], version: str | None) -> None:
+        if self.nc is None or not self.nc.is_connected:
+            raise unavailable(f"{view[0]} {view[1]}: the heatmap is not here and NATS is unreachable; retry shortly")
+        try:
+            msg = await self.nc.jetstream().get_last_msg(subjects.STREAM, subjects.view(*view, "grid"), direct=True)
+        except Exception as exc:  # no grid yet, or NATS went away
+            raise unavailable(f"{view[0]} {view[1]}: no heatmap published yet ({type(exc).__name__}); "
+                              "retry shortly") from None
+        self.grid_fetches += 1
+        entry = self.retained.views.get(view)
+        if entry is not None and entry.grid_version == version:
+            entry.grid = msg.data
+            entry.responses = {}
 
     async def _on_message(self, msg) -> None:
         self.retained.handle(msg.subject, msg.data, msg.headers)
@@ -130,15 +167,13 @@ class EdgeService(HeatmapService):
 
     async def view_state(self, key: ViewKey) -> ViewState:
         entry = self._entry(key)
-        return ViewState(grid=entry.grid, zones=entry.zones)
+        return ViewState(grid=entry.grid_version, zones=entry.zones)
 
     def zone_report(self, key: ViewKey, state: ViewState, zopts) -> pb.ZoneReport:
         return pb.ZoneReport.FromString(state.zones)
 
     async def grid_message(self, key: ViewKey, state: ViewState, gopts) -> pb.Heatmap:
-        if state.grid is None:
-            raise unavailable(f"{key.market} {key.lookback}: no heatmap published yet; retry shortly")
-        msg = pb.Heatmap.FromString(state.grid)
+        msg = pb.Heatmap.FromString((await self.fetch_grid(key)).grid)
         if not gopts.candles:
             msg.ClearField("candles")
         return msg
@@ -182,10 +217,11 @@ class EdgeService(HeatmapService):
     async def GetHeatmap(self, request, context) -> bytes:
         async def produce():
             key, zopts, gopts = self._check_heatmap_request(request)
+            await self.fetch_grid(key)
 
             def build(entry, zones):
-                if entry.grid is None:
-                    raise unavailable(f"{key.market} {key.lookback}: no heatmap published yet; retry shortly")
+                if entry.grid is None:   # new zones (and grid) arrived while fetching: the next call has them
+                    raise unavailable(f"{key.market} {key.lookback}: the heatmap changed meanwhile; retry")
                 heatmap = pb.Heatmap.FromString(entry.grid)
                 if not gopts.candles:
                     heatmap.ClearField("candles")

@@ -33,23 +33,24 @@ class Outbox:
 
     def __init__(self, nc):
         self.nc = nc
-        self.latest: dict[str, bytes] = {}
-        self.pending: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self.latest: dict[str, tuple[bytes, dict | None]] = {}     # subject -> (data, headers)
+        self.pending: collections.OrderedDict[str, tuple[bytes, dict | None]] = collections.OrderedDict()
         self.sent = 0
         self.sent_bytes = 0
         self._wake = asyncio.Event()
 
-    def put(self, subject: str, data: bytes) -> None:
-        self.latest[subject] = data
+    def put(self, subject: str, data: bytes, headers: dict | None = None) -> None:
+        message = (data, headers)
+        self.latest[subject] = message
         self.pending.pop(subject, None)   # to the end: a view's grid goes before the zones that follow it
-        self.pending[subject] = data
+        self.pending[subject] = message
         self._wake.set()
 
     def resend_all(self) -> None:
         """After a reconnect: the updates made while away may not have reached the stream."""
-        for subject, data in self.latest.items():
+        for subject, message in self.latest.items():
             self.pending.pop(subject, None)
-            self.pending[subject] = data
+            self.pending[subject] = message
         self._wake.set()
 
     async def run(self) -> None:
@@ -57,13 +58,14 @@ class Outbox:
             await self._wake.wait()
             self._wake.clear()
             while self.pending and self.nc.is_connected:
-                subject, data = next(iter(self.pending.items()))
+                subject, message = next(iter(self.pending.items()))
+                data, headers = message
                 try:
-                    await self.nc.publish(subject, data)
+                    await self.nc.publish(subject, data, headers=headers)
                 except Exception as exc:  # disconnected meanwhile: resend_all follows the reconnect
                     log.warning("publish to %s failed: %s", subject, exc)
                     break
-                if self.pending.get(subject) is data:
+                if self.pending.get(subject) is message:
                     del self.pending[subject]
                 self.sent += 1
                 self.sent_bytes += len(data)
@@ -79,6 +81,8 @@ class PublishedView(ViewTopic):
         self.zones_subject = subjects.view(key.market, key.lookback, "zones")
         self.grid_subject = subjects.view(key.market, key.lookback, "grid")
         self.compute_s = 0.0   # time spent in the last refresh (computation and serialization)
+        self.grid_version = ""  # "<owner start ms>-<grids sent>": told with each zone report (edges fetch grids)
+        self._started_ms, self._grids = int(time.time() * 1000), 0
 
     async def initial(self) -> None:
         await super().initial()
@@ -95,9 +99,13 @@ class PublishedView(ViewTopic):
         self._send(grid=msg.kind == pb.UPDATE_KIND_HEATMAP)
 
     def _send(self, grid: bool) -> None:
+        """The grid (when it changed) and then the zones, which name the grid they go with."""
         if grid:
+            self._grids += 1
+            self.grid_version = f"{self._started_ms}-{self._grids}"
             self.outbox.put(self.grid_subject, self.heatmap_msg.SerializeToString())
-        self.outbox.put(self.zones_subject, self.zones_msg.SerializeToString())
+        self.outbox.put(self.zones_subject, self.zones_msg.SerializeToString(),
+                        {subjects.GRID_HEADER: self.grid_version})
 
 
 class Owner:

@@ -1,6 +1,6 @@
-"""What an edge keeps of the owners' publications: each view's latest zone report and heatmap bytes
-(committed as a pair when the zones arrive, so a reader never sees a new grid with old zones), and
-each owner's latest heartbeat (its shard's catalogue) with the time it was sent."""
+"""What an edge keeps of the owners' publications: each view's latest zone report with the version of
+the grid it goes with (the grid itself is fetched from the stream when a client asks for it, and kept
+until the version changes), and each owner's latest heartbeat (its shard's catalogue) with its time."""
 from __future__ import annotations
 
 import logging
@@ -18,10 +18,10 @@ STALE_BEATS = 3   # an owner silent for this many heartbeats is stale
 
 @dataclass
 class ViewEntry:
-    """One view's committed zones and grid (None until published) and the grid waiting for its zones."""
+    """One view's committed zones, the grid version they go with, and that grid once fetched."""
     zones: bytes | None = None
-    grid: bytes | None = None
-    staged_grid: bytes | None = None
+    grid_version: str | None = None
+    grid: bytes | None = None            # the fetched grid of grid_version (None: not fetched yet)
     data_time_ms: int = 0        # of the committed zones: a view never goes back in time
     responses: dict = field(default_factory=dict)   # serialized unary answers of this pair
 
@@ -58,25 +58,22 @@ class Retained:
         if parsed is None:
             return
         market, lookback, kind = parsed
+        if kind != "zones":
+            return   # grids are fetched on demand (Edge.fetch_grid), never consumed
         entry = self.views.setdefault((market, lookback), ViewEntry())
-        if kind == "grid":
-            entry.staged_grid = data
-            return
         try:
             data_time = pb.ZoneReport.FromString(data).data_time.ToMilliseconds()
         except DecodeError:
             log.warning("ignored %s: not a heatsvc.v1.ZoneReport", subject)
             return
         if data_time < entry.data_time_ms:
-            entry.staged_grid = None   # older than what we have (a replacement owner warming up): keep ours
-            return
-        grid = entry.grid
-        if entry.staged_grid is not None and entry.staged_grid != entry.grid:
-            grid = entry.staged_grid   # a new object: streams see the grid changed
-        entry.staged_grid = None
-        if data == entry.zones and grid is entry.grid:
+            return   # older than what we have (a replacement owner warming up): keep ours
+        version = (headers or {}).get(subjects.GRID_HEADER)
+        if data == entry.zones and version == entry.grid_version:
             return   # the same again (a replacement owner, a resend after a reconnect)
-        entry.zones, entry.grid, entry.responses, entry.data_time_ms = data, grid, {}, data_time
+        if version != entry.grid_version:
+            entry.grid, entry.grid_version = None, version
+        entry.zones, entry.responses, entry.data_time_ms = data, {}, data_time
         self._changed(market)
 
     def _heartbeat(self, index: int, data: bytes, headers: dict) -> None:

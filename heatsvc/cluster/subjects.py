@@ -10,6 +10,7 @@ STREAM = "HEATSVC_V1"
 KINDS = ("zones", "grid")       # a view's ZoneReport, and its Heatmap (published when the grid changed)
 SENT_HEADER = "Heatsvc-Sent-Ms"         # heartbeat: the owner's wall clock when sent
 INTERVAL_HEADER = "Heatsvc-Heartbeat-Ms"
+GRID_HEADER = "Heatsvc-Grid"            # zones: the version of the view's grid they go with
 SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
 
 
@@ -47,6 +48,11 @@ def parse_view(subject: str) -> tuple[str, str, str] | None:
 def owner(shard: Shard) -> str:
     """heatsvc.v1.owners.<i>: an owner's heartbeat, its shard's ListMarketsResponse."""
     return f"{PREFIX}.owners.{shard.index}"
+
+
+def zones_and_owners() -> list[str]:
+    """What an edge consumes: every view's zones and every heartbeat (grids are fetched when asked for)."""
+    return [f"{PREFIX}.*.*.zones", f"{PREFIX}.owners.*"]
 
 
 def parse_owner(subject: str) -> int | None:

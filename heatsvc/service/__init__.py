@@ -178,11 +178,11 @@ def start_recording(config, clients, service, now_ms=None):
 
 
 def start_hyperliquid(config, client, service, *, now_ms=None, speed: float | None = None):
-    """Hyperliquid's sampler, trades stream and positions poller (heatsvc.exchanges.hyperliquid_feeds).
+    """Hyperliquid's sampler, trades stream and positions poller (heatsvc.exchanges.hyperliquid.feeds).
     The poller is `service.pollers["hyperliquid"]`: `.snapshot("HYPE")` is the measured positions; health
     shows `trades:hyperliquid` and `positions:hyperliquid`."""
-    from ..exchanges.hyperliquid_feeds import HyperliquidFeeds
-    from ..exchanges.hyperliquid_positions import load_addresses
+    from ..exchanges.hyperliquid.feeds import HyperliquidFeeds
+    from ..exchanges.hyperliquid.positions import load_addresses
     from ..model.bars import STEP_MS
 
     ex = next(e for e in config.exchanges if e.name == "hyperliquid")
@@ -190,7 +190,7 @@ def start_hyperliquid(config, client, service, *, now_ms=None, speed: float | No
     if ex.asset_ctxs_files:      # the S3 archive's open interest, for bars before our own sampling
         import glob
 
-        from ..exchanges.hyperliquid_archive import import_asset_ctxs
+        from ..exchanges.hyperliquid.archive import import_asset_ctxs
         files = sorted(f for pattern in ex.asset_ctxs_files for f in glob.glob(pattern))
         rows = import_asset_ctxs(client.samples, files, set(ex.symbols))
         print(f"heatsvc: hyperliquid open interest: {rows} archive rows from {len(files)} file(s)", flush=True)

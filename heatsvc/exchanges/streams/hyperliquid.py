@@ -3,7 +3,7 @@ Recorder (connect, subscribe, keep alive, reconnect, coverage spans).
 
 Hyperliquid publishes no liquidation stream: liquidations show only in the affected users' own fills.
 What heatsvc takes from public trades instead: the aggressor side per 5-minute bar (taker-buy share,
-heatsvc.exchanges.hyperliquid_flow) and the two accounts of every trade (`users`: [buyer, seller]),
+heatsvc.exchanges.hyperliquid.flow) and the two accounts of every trade (`users`: [buyer, seller]),
 which the positions poller reads. Subscribe with {"method": "subscribe", "subscription": {"type":
 "trades", "coin": C}}, acknowledged by channel "subscriptionResponse"; {"method": "ping"} is answered
 by {"channel": "pong"}; the server drops a connection that sends nothing for a while (60 s, unverified;
@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from ..hyperliquid_flow import TakerFlow, Trade
+from ..hyperliquid.flow import TakerFlow, Trade
 from . import Recorder, wall_ms     # the package holds the liquidation dialects; this one is not among them
 
 EXCHANGE = "hyperliquid"

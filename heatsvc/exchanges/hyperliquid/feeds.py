@@ -7,10 +7,10 @@ import asyncio
 import contextlib
 import logging
 
-from .base import ExchangeError, ExchangeUnavailable
-from .hyperliquid import HyperliquidClient
-from .hyperliquid_positions import PositionPoller
-from .streams.hyperliquid import TradeFeed
+from ..base import ExchangeError, ExchangeUnavailable
+from .client import HyperliquidClient
+from .positions import PositionPoller
+from ..streams.hyperliquid import TradeFeed
 
 log = logging.getLogger("heatsvc.exchanges")
 

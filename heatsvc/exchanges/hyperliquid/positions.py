@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model.positions import Position, PositionSnapshot
-from .base import ExchangeError, ExchangeUnavailable
-from .hyperliquid import WEIGHT_PER_MINUTE, WEIGHTS, HyperliquidClient
+from ...model.positions import Position, PositionSnapshot
+from ..base import ExchangeError, ExchangeUnavailable
+from .client import WEIGHT_PER_MINUTE, WEIGHTS, HyperliquidClient
 from .weights import WeightWindow
 
 log = logging.getLogger("heatsvc.exchanges")

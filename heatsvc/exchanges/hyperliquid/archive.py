@@ -15,7 +15,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .hyperliquid_oi import OiSamples
+from .oi import OiSamples
 
 COLUMNS = ("time", "coin", "open_interest", "mark_px")
 

@@ -3,10 +3,10 @@
 Markets are `hyperliquid:COIN` (the exchange's coin name, e.g. HYPE). What heatsvc reads:
 * `metaAndAssetCtxs`: [meta {universe: [{name, szDecimals, maxLeverage, isDelisted?}]}, [ctx per
   asset, same order: openInterest (coins, one side), markPx, oraclePx, funding, dayNtlVlm (USDC), as
-  strings]]. Listing, ranking (dayNtlVlm) and the open-interest samples (hyperliquid_oi).
+  strings]]. Listing, ranking (dayNtlVlm) and the open-interest samples (oi).
 * `candleSnapshot` {coin, interval "5m", startTime, endTime}: [{t (open ms), T (close ms), s, i, o,
   c, h, l, v (base volume), n}], at most 500 a call, only the latest 5,000 candles exist. Candles carry
-  no taker-buy volume: the trades stream's share is used where it covered the bar (hyperliquid_flow).
+  no taker-buy volume: the trades stream's share is used where it covered the bar (flow).
 * `clearinghouseState` {user}: one account's positions with their liquidation prices (parse_positions).
 
 Limits (per IP): 1,200 weight a minute; clearinghouseState weighs 2, metaAndAssetCtxs 20,
@@ -24,11 +24,11 @@ import math
 import httpx
 import numpy as np
 
-from ..model.bars import STEP_MS
-from ..model.positions import Position
-from .base import MALFORMED, ExchangeClient, ExchangeError, Listing, Retry, align_down, bar_time, number
-from .hyperliquid_flow import TakerFlow
-from .hyperliquid_oi import OiSamples
+from ...model.bars import STEP_MS
+from ...model.positions import Position
+from ..base import MALFORMED, ExchangeClient, ExchangeError, Listing, Retry, align_down, bar_time, number
+from .flow import TakerFlow
+from .oi import OiSamples
 from .weights import Ticket, WeightWindow
 
 log = logging.getLogger("heatsvc.exchanges")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model.bars import STEP_MS
+from ...model.bars import STEP_MS
 
 MAX_BARS = 4_032          # per coin: 14 days of bars
 MAX_SPANS = 10_000

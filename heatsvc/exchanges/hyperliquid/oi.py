@@ -10,7 +10,7 @@ from collections import deque
 
 import numpy as np
 
-from ..model.bars import STEP_MS
+from ...model.bars import STEP_MS
 
 MAX_SAMPLES = 20_160     # per coin: 14 days of one-minute samples
 
