@@ -107,6 +107,20 @@ def test_largest_accounts_every_cycle_the_rest_in_rotation():
     assert snap.open_interest is None and snap.oldest_read_ms == min(a.read_ms for a in poller.accounts.values())
 
 
+def test_every_cycle_reads_its_whole_budget_when_the_rotation_wraps_inside_it():
+    table = {addr(i): [pos(addr(i), 100.0)] for i in range(10)}
+    client = StubClient(table)
+    poller = PositionPoller(client, {"HYPE"}, share=4 * 2 / 1200, top_fraction=0.0, cycle_s=0, period_s=0.01)
+    poller.add_accounts(table)
+    sizes = []
+    for _ in range(5):
+        before = len(client.calls)
+        run(poller.cycle())
+        sizes.append(len(client.calls) - before)
+    assert sizes == [4] * 5, "10 accounts, 4 a cycle: the third cycle wraps the rotation and still reads 4"
+    assert {a for a in client.calls} == set(table)
+
+
 def test_accounts_without_positions_are_dropped_and_the_number_kept_is_capped(tmp_path):
     client = StubClient({addr(1): [pos(addr(1), 5.0)], addr(2): [pos(addr(2), 5.0, coin="BTC")]})
     listed = tmp_path / "accounts"

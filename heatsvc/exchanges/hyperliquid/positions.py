@@ -91,9 +91,12 @@ class PositionPoller:
         ranked = sorted((a for a, acc in self.accounts.items() if acc.positions), key=self.notional, reverse=True)
         top = ranked[:int(budget * self.top_fraction)]
         chosen, taken = list(top), set(top)
-        if self._next >= len(self._rotation):
-            self._rotation, self._next = list(self.accounts), 0
-        while len(chosen) < budget and self._next < len(self._rotation):
+        turns = 0    # a rotation that ends inside the cycle starts again, so every cycle reads its budget
+        while len(chosen) < budget and turns < 2:
+            if self._next >= len(self._rotation):
+                self._rotation, self._next = list(self.accounts), 0
+                turns += 1
+                continue
             a = self._rotation[self._next]
             self._next += 1
             if a in self.accounts and a not in taken:
