@@ -4,8 +4,9 @@ The replay serves hyperliquid:HYPE (recorded HYPE bars) and its synthetic accoun
 limits (1,200 weight a minute per IP, 429 `null` past it). The poller knows every synthetic account
 and reads within `--share` of the budget while the client's own window (`--weight-share`) also carries
 a metaAndAssetCtxs sample every `--sample-s`. Each `--window-s` the accounts read and the weight the
-replay was sent are counted; reported: their medians scaled to a minute, the replay's 429s (should
-be 0), and the poller's ceiling (share x 1,200 / 2 reads a minute).
+replay was sent are counted; reported: their medians scaled to a minute (a window's burst shows
+there), the reads a minute after the first minute, the most weight sent in any 60 s (the budget's
+real bound), the replay's 429s (should be 0), and the poller's ceiling (share x 1,200 / 2 reads a minute).
 
     python bench/hyperliquid_poller.py [--seconds 180] [--share 0.4] [--accounts 600]
 """
@@ -73,6 +74,12 @@ async def main(args) -> None:
           f"(ceiling {args.share * WEIGHT_PER_MINUTE / READ_WEIGHT:.0f})")
     print(f"weight sent per minute:   median {statistics.median(weights) * scale:.0f} "
           f"(client ceiling {args.weight_share * WEIGHT_PER_MINUTE:.0f}, exchange {WEIGHT_PER_MINUTE})")
+    times = [t for t, _ in sent]
+    peak = max(sum(w for t, w in sent if t0 <= t < t0 + 60.0) for t0 in times) if sent else 0.0
+    steady = [b - a for a, b in zip([0, *reads_at], reads_at)][int(60 / args.window_s):]
+    if steady:
+        print(f"after the first minute: {sum(steady) * 60.0 / (len(steady) * args.window_s):.0f} accounts read a minute; "
+              f"the most weight sent in any 60 s: {peak:.0f}")
     print(f"429s from the replay: {sum(rx.limited_counts('hyperliquid').values())}; "
           f"accounts known {len(poller.accounts)}, read failures {poller.failures}")
 
