@@ -240,7 +240,7 @@ async def _compute(args) -> None:
     from heatsvc.config import parse
     from heatsvc.exchanges import make_client
     from heatsvc.model.engine import LOOKBACKS
-    from heatsvc.refresher import Refresher
+    from heatsvc.refresher import OI_CONVENTION, Refresher
     from heatsvc.replay import ReplayExchange
     from heatsvc.service.server import HeatmapService
     from heatsvc.store import Store
@@ -264,7 +264,11 @@ async def _compute(args) -> None:
         clients = {e.name: make_client(e.name, e.base_url, now_ms=rx.now_ms,
                                        **({"archive_url": e.archive_url} if e.archive_url else {}))
                    for e in config.exchanges}
-        refresher = Refresher(store, clients, config.markets, interval_s=3600, history_days=args.history_days,
+        for market in data:   # stored under the clients' open-interest convention (nothing to convert)
+            store.set_mark(market, OI_CONVENTION, clients[market.partition(":")[0]].OI_CONVENTION)
+        # the history is in the store already: the refresher only catches up the last day (asked for the
+        # whole history it would fetch a year of Binance archive days per market before being ready)
+        refresher = Refresher(store, clients, config.markets, interval_s=3600, history_days=1.0,
                               progress=False, now_ms=rx.now_ms)
         service = HeatmapService(config, store, refresher)
         await service.start()
