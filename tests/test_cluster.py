@@ -131,6 +131,14 @@ def test_an_edge_streams_exactly_what_a_single_process_streams(cluster, single):
     wait_until(lambda: same_zones(cluster, single, "all:BTCUSDT", "12h"), "aggregate zones equal")
     for call in (c for pair in streams for c in pair):
         call.cancel()
+    heatmap = pb.GetHeatmapRequest(view=view(BTC, "12h"))   # the grid, fetched by the edge on demand
+    wait_until(lambda: cluster.stub.GetHeatmap(heatmap, timeout=5).heatmap == single.stub.GetHeatmap(
+        heatmap, timeout=5).heatmap, "the edge's GetHeatmap equals the single process's")
+    for method, request in ((cluster.stub.GetMeasuredMap, pb.GetMeasuredMapRequest(view=view(BTC, "12h"))),
+                            (cluster.stub.GetLiquidations, pb.GetLiquidationsRequest(market=BTC))):
+        with pytest.raises(grpc.RpcError) as refused:
+            method(request, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED and "edge" in refused.value.details()
 
 
 def test_a_dead_owner_goes_stale_and_a_new_one_recovers_without_losing_updates(cluster, single):

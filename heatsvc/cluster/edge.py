@@ -249,6 +249,12 @@ class EdgeService(HeatmapService):
     async def GetLiquidations(self, request, context) -> bytes:
         return await self._unary(context, self._not_on_edge("GetLiquidations"))
 
+    async def GetMeasuredMap(self, request, context) -> bytes:
+        return await self._unary(context, self._not_on_edge("GetMeasuredMap"))
+
+    async def CompareMeasured(self, request, context) -> bytes:
+        return await self._unary(context, self._not_on_edge("CompareMeasured"))
+
     @staticmethod
     def _not_on_edge(method: str):
         async def refuse():
@@ -263,6 +269,7 @@ class EdgeService(HeatmapService):
 
     StreamZoneEvents = _refused_stream("StreamZoneEvents")
     StreamLiquidations = _refused_stream("StreamLiquidations")
+    StreamMeasuredMap = _refused_stream("StreamMeasuredMap")
 
     async def stop(self) -> None:
         await super().stop()
