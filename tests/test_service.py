@@ -566,3 +566,12 @@ def test_config_file_env_overrides_and_errors(tmp_path):
         with pytest.raises(ValueError, match=words.replace("[", r"\[")):
             load(path, env={})
     assert cli.main(["serve", "--config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_a_second_server_on_a_taken_port_is_refused_not_sharing_it(stack):
+    """gRPC sets SO_REUSEPORT by default on Linux, so two servers could silently split one port's
+    clients; a single-process server turns it off (cluster edges turn it on on purpose)."""
+    second = Server(stack.config, stack.store, stack.refresher)
+    with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{stack.port}"):
+        stack.call(second.start(f"127.0.0.1:{stack.port}"))
+    stack.call(second.stop(grace=0))

@@ -587,7 +587,7 @@ class Server:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.http2.max_pings_without_data", 0),
-        ] + ([("grpc.so_reuseport", 1)] if self.reuse_port else [])
+        ] + [("grpc.so_reuseport", 1 if self.reuse_port else 0)]   # gRPC turns it on by default on Linux
 
     async def start(self, listen: str | None = None) -> int:
         """Bind and start serving (health NOT_SERVING until data is loaded); returns the port.
