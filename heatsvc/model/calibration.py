@@ -26,7 +26,7 @@ class Comparison:
     captured: dict[str, float]              # per side, share of the measured notional inside the estimate's zones
     tiers: list[tuple[float, float, float]]  # (leverage, model weight, measured weight) per tier
     unmatched: float                        # measured notional at leverage below 1 (NaN weights if all of it)
-    fitted: ModelParams                     # the model's tiers with the measured weights
+    fitted: ModelParams | None              # the model's tiers with the measured weights (None: nothing to fit)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -100,5 +100,5 @@ def compare(long_heat, short_heat, measured: MeasuredMap, price: float, params: 
     total = notional.sum()
     weights = notional / total if total > 0 else np.full(len(notional), math.nan)
     tiers = [(t.leverage, t.weight, float(w)) for t, w in zip(params.tiers, weights)]
-    fitted = fit_tiers(params, measured.leverage_mix) if total > 0 else params
+    fitted = fit_tiers(params, measured.leverage_mix) if total > 0 else None
     return Comparison(cos, split(est), split(meas), overlap, captured, tiers, unmatched, fitted)

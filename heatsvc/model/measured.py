@@ -80,10 +80,3 @@ def measured_map(snapshot: PositionSnapshot, price_edges) -> MeasuredMap:
                        snapshot.accounts_known, snapshot.accounts_read, len(snapshot.positions),
                        snapshot.oldest_read_ms)
 
-
-def default_edges(snapshot: PositionSnapshot, rows: int, margin: float = 0.5) -> np.ndarray:
-    """Log-spaced rows over [mark · (1 − margin), mark · (1 + margin)] when no view gives a grid."""
-    if snapshot.mark_px is None or not snapshot.mark_px > 0:
-        raise ValueError(f"{snapshot.coin}: no mark price to centre a grid on; give a price range")
-    lo, hi = snapshot.mark_px * (1 - margin), snapshot.mark_px * (1 + margin)
-    return np.geomspace(lo, hi, rows + 1)

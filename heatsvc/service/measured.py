@@ -59,7 +59,7 @@ class Measured:
     def __init__(self, service):
         self.service = service
         self._store: MeasuredStore | None = None
-        self.revision = 0           # bumped with every snapshot stored
+        self.sources: dict[str, str] = {}   # profile name -> where it came from (its parameters: the catalogue's)
 
     def store(self) -> MeasuredStore:
         if self._store is None:
@@ -125,27 +125,32 @@ class Measured:
             zone_overlap_long=c.zone_overlap["long"], zone_overlap_short=c.zone_overlap["short"],
             captured_long=c.captured["long"], captured_short=c.captured["short"],
             tiers=[pb.TierComparison(leverage=lev, model_weight=w, measured_weight=mw) for lev, w, mw in c.tiers],
-            coverage_long=cov["long"], coverage_short=cov["short"], fitted=parameters(c.fitted),
+            coverage_long=cov["long"], coverage_short=cov["short"],
             unmatched_notional=c.unmatched, accounts_read=m.accounts_read, accounts_known=m.accounts_known)
+        if c.fitted is not None:
+            out.fitted.CopyFrom(parameters(c.fitted))
         if save:
-            if c.fitted is hm.params:
+            if c.fitted is None:
                 raise unavailable(f"{key.market}: the snapshot has no notional at leverage >= 1 to fit; nothing saved")
             source = f"tier weights fitted to {key.market} measured at {m.time_ms} ms ({cov['long']:.0%} of longs, " \
                      f"{cov['short']:.0%} of shorts covered)" if not math.isnan(cov["long"]) else \
                      f"tier weights fitted to {key.market} measured at {m.time_ms} ms (coverage unknown)"
             await asyncio.to_thread(self.store().save_profile, save, c.fitted, source)
             self.service.catalogue.profiles[save] = c.fitted
+            self.sources[save] = source
             out.saved_profile = save
         return out.SerializeToString()
 
     def load_profiles(self) -> None:
         """The saved profiles into the catalogue, so views may name them."""
-        for name, (params, _) in self.store().profiles().items():
+        for name, (params, source) in self.store().profiles().items():
             self.service.catalogue.profiles[name] = params
+            self.sources[name] = source
 
     def profile_messages(self) -> list[pb.ParameterProfile]:
-        return [pb.ParameterProfile(name=n, parameters=parameters(p), source=s)
-                for n, (p, s) in self.store().profiles().items()]
+        profiles = self.service.catalogue.profiles
+        return [pb.ParameterProfile(name=n, parameters=parameters(profiles[n]), source=self.sources[n])
+                for n in sorted(profiles)]
 
     def topic(self, request, depth: int):
         key, _ = self.check(request)
@@ -153,7 +158,6 @@ class Measured:
 
     def stored(self, market: str) -> None:
         """A snapshot of `market` was stored: wake its streams."""
-        self.revision += 1
         for topic in list(self.service.topics.values()):
             if isinstance(topic, MeasuredTopic) and market in topic.markets:
                 topic.wake()

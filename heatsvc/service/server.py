@@ -309,7 +309,7 @@ class HeatmapService:
         order = ["ok", "loading", "degraded", "failing"]
         out = pb.ListMarketsResponse(lookbacks=self.catalogue.lookbacks, max_cells=self.catalogue.max_cells,
                                      parameters=messages.parameters(self.config.params),
-                                     profiles=await asyncio.to_thread(self.measured.profile_messages))
+                                     profiles=self.measured.profile_messages())
         for name, parts in [(m, (m,)) for m in self.catalogue.markets] + list(self.catalogue.aggregates.items()):
             exchange, _, symbol = name.partition(":")
             info = out.markets.add(market=name, exchange=exchange, symbol=symbol, aggregate=exchange == "all",
