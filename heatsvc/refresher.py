@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from . import metrics
+from .discovery import select
 from .model.bars import STEP_MS, format_time
 from .exchanges.base import ExchangeClient, ExchangeError, ExchangeUnavailable, align_down
 from .store import Store
@@ -423,8 +424,6 @@ class Refresher:
         no longer refreshed, its history kept, its health `failing` saying so; listed again, it resumes.
         A new listing the exchange's configured patterns select is added and served from now on.
         An exchange that cannot answer now is asked again next time."""
-        from .discovery import select
-
         by_client: dict[str, list[_Market]] = {name: [] for name in self.selectors if name in self.clients}
         for m in self._markets.values():
             if m.client.lists(m.symbol):             # the universe list_perpetuals covers
