@@ -2,7 +2,7 @@
 
 Markets are `hyperliquid:COIN` (the exchange's coin name, e.g. HYPE). What heatsvc reads:
 * `metaAndAssetCtxs`: [meta {universe: [{name, szDecimals, maxLeverage, isDelisted?}]}, [ctx per
-  asset, same order: openInterest (coins, one side), markPx, oraclePx, funding, dayNtlVlm (USDC), as
+  asset, same order: openInterest (coins; read as one side, not yet settled: MODEL.md §16), markPx, oraclePx, funding, dayNtlVlm (USDC), as
   strings]]. Listing, ranking (dayNtlVlm) and the open-interest samples (oi).
 * `candleSnapshot` {coin, interval "5m", startTime, endTime}: [{t (open ms), T (close ms), s, i, o,
   c, h, l, v (base volume), n}], at most 500 a call, only the latest 5,000 candles exist. Candles carry
